@@ -1,0 +1,193 @@
+//! The content codec: a plaintext segment → AES-256-GCM → `k` data + `m` parity fragments
+//! (Reed-Solomon over GF(2^8)) → BLAKE3 roots; and back from any `k` fragments.
+//!
+//! One segment at a time, so memory is bounded by the segment size whatever the content size.
+//! The nonce is the segment index: every content has its own random key, so (key, nonce)
+//! pairs never repeat.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use bytes::Bytes;
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+use crate::manifest::{TAG_LEN, fragment_len};
+
+/// Additional data bound into every segment's tag.
+const AAD: &[u8] = b"ccds/segment/v1";
+
+/// Errors decoding a segment.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("invalid erasure-code parameters k={k}, m={m}: {reason}")]
+    Params { k: usize, m: usize, reason: String },
+    #[error("segment needs {needed} fragments, only {have} present")]
+    TooFewFragments { needed: usize, have: usize },
+    #[error("fragment has {found} bytes, expected {expected}")]
+    FragmentLength { expected: usize, found: usize },
+    #[error("segment {0} failed authentication: wrong content key or corrupted fragments")]
+    Decrypt(u64),
+}
+
+/// Encoder/decoder for one content's segments.
+pub struct SegmentCodec {
+    cipher: Aes256Gcm,
+    rs: ReedSolomon,
+    k: usize,
+    m: usize,
+}
+
+fn nonce(segment: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&segment.to_le_bytes());
+    n.into()
+}
+
+impl SegmentCodec {
+    /// A codec for `k` data and `m` parity shards under `key`.
+    pub fn new(key: &[u8; 32], k: usize, m: usize) -> Result<Self, CodecError> {
+        let params = |reason: String| CodecError::Params { k, m, reason };
+        if k == 0 || k + m > crate::manifest::MAX_SHARDS {
+            return Err(params("need 1 ≤ k and k + m ≤ 256".into()));
+        }
+        // reed-solomon-erasure refuses m = 0; a codec without parity only splits.
+        let rs = ReedSolomon::new(k, m.max(1)).map_err(|e| params(format!("{e:?}")))?;
+        Ok(Self {
+            cipher: Aes256Gcm::new(key.into()),
+            rs,
+            k,
+            m,
+        })
+    }
+
+    /// Encrypts and erasure-codes segment `index`; returns its `k + m` fragments.
+    pub fn encode(&self, index: u64, plain: &[u8]) -> Vec<Bytes> {
+        let len = fragment_len(plain.len(), self.k);
+        let parity = self.m.max(1);
+        let mut buf = vec![0u8; (self.k + parity) * len];
+        buf[..plain.len()].copy_from_slice(plain);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(&nonce(index), AAD, &mut buf[..plain.len()])
+            .expect("AES-GCM accepts any segment below 64 GiB");
+        buf[plain.len()..plain.len() + TAG_LEN].copy_from_slice(&tag);
+        {
+            let mut shards: Vec<&mut [u8]> = buf.chunks_exact_mut(len).collect();
+            self.rs
+                .encode(&mut shards)
+                .expect("shard count and sizes are consistent by construction");
+        }
+        let buf = Bytes::from(buf);
+        (0..self.k + self.m)
+            .map(|i| buf.slice(i * len..(i + 1) * len))
+            .collect()
+    }
+
+    /// Rebuilds segment `index` of `plain_len` bytes from at least `k` of its fragments
+    /// (`None` for the missing ones), then decrypts it.
+    pub fn decode(
+        &self,
+        index: u64,
+        plain_len: usize,
+        mut fragments: Vec<Option<Vec<u8>>>,
+    ) -> Result<Vec<u8>, CodecError> {
+        let len = fragment_len(plain_len, self.k);
+        fragments.resize(self.k + self.m.max(1), None);
+        let have = fragments.iter().filter(|f| f.is_some()).count();
+        if have < self.k {
+            return Err(CodecError::TooFewFragments {
+                needed: self.k,
+                have,
+            });
+        }
+        if let Some(bad) = fragments.iter().flatten().find(|f| f.len() != len) {
+            return Err(CodecError::FragmentLength {
+                expected: len,
+                found: bad.len(),
+            });
+        }
+        if fragments[..self.k].iter().any(Option::is_none) {
+            self.rs
+                .reconstruct_data(&mut fragments)
+                .map_err(|_| CodecError::TooFewFragments {
+                    needed: self.k,
+                    have,
+                })?;
+        }
+        let mut out = Vec::with_capacity(self.k * len);
+        for f in fragments.into_iter().take(self.k) {
+            out.extend_from_slice(&f.expect("reconstructed"));
+        }
+        let tag = Tag::clone_from_slice(&out[plain_len..plain_len + TAG_LEN]);
+        out.truncate(plain_len);
+        self.cipher
+            .decrypt_in_place_detached(&nonce(index), AAD, &mut out, &tag)
+            .map_err(|_| CodecError::Decrypt(index))?;
+        Ok(out)
+    }
+}
+
+/// BLAKE3 root of a fragment.
+pub fn fragment_hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+    }
+
+    #[test]
+    fn decodes_from_any_k_fragments() {
+        let codec = SegmentCodec::new(&[3; 32], 4, 2).unwrap();
+        for len in [0, 1, 15, 16, 17, 1000, 4099] {
+            let plain = sample(len);
+            let frags = codec.encode(9, &plain);
+            assert_eq!(frags.len(), 6);
+            // Every pair of missing fragments.
+            for a in 0..6 {
+                for b in a + 1..6 {
+                    let mut got: Vec<Option<Vec<u8>>> =
+                        frags.iter().map(|f| Some(f.to_vec())).collect();
+                    got[a] = None;
+                    got[b] = None;
+                    assert_eq!(codec.decode(9, len, got).unwrap(), plain, "len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_too_few_wrong_key_and_corruption() {
+        let codec = SegmentCodec::new(&[3; 32], 4, 2).unwrap();
+        let plain = sample(1000);
+        let frags = codec.encode(0, &plain);
+        let mut got: Vec<Option<Vec<u8>>> = frags.iter().map(|f| Some(f.to_vec())).collect();
+        got[0] = None;
+        got[1] = None;
+        got[2] = None;
+        assert!(matches!(
+            codec.decode(0, 1000, got),
+            Err(CodecError::TooFewFragments { .. })
+        ));
+        let all = || -> Vec<Option<Vec<u8>>> { frags.iter().map(|f| Some(f.to_vec())).collect() };
+        let other = SegmentCodec::new(&[4; 32], 4, 2).unwrap();
+        assert_eq!(other.decode(0, 1000, all()), Err(CodecError::Decrypt(0)));
+        assert_eq!(codec.decode(1, 1000, all()), Err(CodecError::Decrypt(1)));
+        let mut corrupt = all();
+        corrupt[1].as_mut().unwrap()[5] ^= 1;
+        assert_eq!(codec.decode(0, 1000, corrupt), Err(CodecError::Decrypt(0)));
+    }
+
+    #[test]
+    fn works_without_parity() {
+        let codec = SegmentCodec::new(&[3; 32], 3, 0).unwrap();
+        let plain = sample(100);
+        let frags = codec.encode(0, &plain);
+        assert_eq!(frags.len(), 3);
+        let got = frags.iter().map(|f| Some(f.to_vec())).collect();
+        assert_eq!(codec.decode(0, 100, got).unwrap(), plain);
+    }
+}

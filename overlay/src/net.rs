@@ -1,0 +1,349 @@
+//! The network: a libp2p swarm over QUIC, owned by one task, driven through a cloneable [`Net`]
+//! handle. Protocols are plain async functions over [`libp2p::Stream`]s obtained from
+//! [`Net::open`] (outbound) and [`Net::accept`] (inbound), via `libp2p-stream`.
+//!
+//! `libp2p-stream` dials unknown peers by ID only, so an [`AddressBook`] behaviour answers the
+//! swarm's question "where is this peer?" from addresses the programs learnt (contact lists,
+//! join messages, multiaddrs given on the command line).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use lru::LruCache;
+use tracing::{debug, info, warn};
+
+use crate::identity::Identity;
+
+/// How many peers' addresses are remembered.
+const ADDRESS_BOOK_CAPACITY: usize = 100_000;
+/// How long opening a stream (including dialling) may take before it is retried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts to open a stream before giving up.
+const OPEN_ATTEMPTS: u32 = 3;
+
+/// Network errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot build the QUIC transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot open {protocol} stream to {peer}: {reason}")]
+    Open {
+        peer: PeerId,
+        protocol: StreamProtocol,
+        reason: String,
+    },
+    #[error("protocol {0} already has an accept loop")]
+    AlreadyAccepting(StreamProtocol),
+}
+
+type Book = Arc<Mutex<LruCache<PeerId, Vec<Multiaddr>>>>;
+
+/// Supplies known addresses of peers to outgoing dials.
+pub struct AddressBook {
+    book: Book,
+}
+
+impl NetworkBehaviour for AddressBook {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let Some(peer) = maybe_peer else {
+            return Ok(vec![]);
+        };
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(book.get(&peer).cloned().unwrap_or_default())
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Behaviour {
+    addresses: AddressBook,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// Aborts the swarm task when the last [`Net`] handle is dropped.
+struct TaskGuard(tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A handle on the running swarm.
+#[derive(Clone)]
+pub struct Net {
+    local: PeerId,
+    control: libp2p_stream::Control,
+    book: Book,
+    listen: Arc<Vec<Multiaddr>>,
+    _task: Arc<TaskGuard>,
+}
+
+/// Installs the process-wide TLS crypto provider. libp2p's QUIC and TLS crates pull in both
+/// ring and aws-lc-rs, and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Net {
+    /// Starts a swarm for `identity` listening on `listen` (QUIC multiaddrs; port 0 picks one),
+    /// and returns once every listener has an address.
+    pub async fn start(identity: &Identity, listen: &[Multiaddr]) -> Result<Self, NetError> {
+        install_crypto_provider();
+        let book: Book = Arc::new(Mutex::new(LruCache::new(
+            ADDRESS_BOOK_CAPACITY.try_into().expect("non-zero"),
+        )));
+        let behaviour = Behaviour {
+            addresses: AddressBook { book: book.clone() },
+            stream: libp2p_stream::Behaviour::new(),
+        };
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let control = swarm.behaviour().stream.new_control();
+        let mut pending = std::collections::HashSet::new();
+        for addr in listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            pending.insert(id);
+        }
+        let mut addrs = Vec::new();
+        while !pending.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending.remove(&listener_id);
+                    addrs.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    addresses, reason, ..
+                } => {
+                    return Err(NetError::Listen {
+                        addr: addresses.first().cloned().unwrap_or(Multiaddr::empty()),
+                        reason: format!("{reason:?}"),
+                    });
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NetError::Listen {
+                        addr: listen.first().cloned().unwrap_or(Multiaddr::empty()),
+                        reason: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let local = identity.peer_id();
+        info!(peer = %local, addrs = ?addrs, "listening");
+        let task = tokio::spawn(async move {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        debug!(peer = %peer_id, "connected")
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                        debug!(peer = %peer_id, ?cause, "disconnected")
+                    }
+                    SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                        debug!(peer = ?peer_id, %error, "dial failed")
+                    }
+                    SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            local,
+            control,
+            book,
+            listen: Arc::new(addrs),
+            _task: Arc::new(TaskGuard(task.abort_handle())),
+        })
+    }
+
+    /// This peer's ID.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// The addresses the listeners bound to.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen
+    }
+
+    /// Remembers where `peer` can be reached (replacing what was known).
+    pub fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let addrs = addrs.into_iter().map(without_peer).collect();
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(peer, addrs);
+    }
+
+    /// Accepts inbound streams of `protocol`. The returned stream must be polled continuously
+    /// (`libp2p-stream` drops inbound streams nobody is waiting for).
+    pub fn accept(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p_stream::IncomingStreams, NetError> {
+        self.control
+            .clone()
+            .accept(protocol.clone())
+            .map_err(|_| NetError::AlreadyAccepting(protocol))
+    }
+
+    /// Opens a stream of `protocol` to `peer`, dialling if needed, retrying transient failures.
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, NetError> {
+        let mut last = String::new();
+        for attempt in 0..OPEN_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let mut control = self.control.clone();
+            match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol.clone()))
+                .await
+            {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
+                    return Err(NetError::Open {
+                        peer,
+                        protocol,
+                        reason: format!("peer does not speak {p}"),
+                    });
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("timed out after {OPEN_TIMEOUT:?}"),
+            }
+            debug!(%peer, %protocol, attempt, error = %last, "stream open failed");
+        }
+        Err(NetError::Open {
+            peer,
+            protocol,
+            reason: last,
+        })
+    }
+}
+
+/// Splits `/…/p2p/<id>` into the peer ID and the address without it.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some((peer, without_peer(addr.clone()))),
+        _ => None,
+    }
+}
+
+fn without_peer(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+/// `addr` with `/p2p/<peer>` appended.
+pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    without_peer(addr.clone()).with(Protocol::P2p(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn streams_flow_between_two_swarms() {
+        let listen: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+        let a = Net::start(&Identity::generate(), std::slice::from_ref(&listen))
+            .await
+            .unwrap();
+        let b = Net::start(&Identity::generate(), &[listen]).await.unwrap();
+        let proto = StreamProtocol::new("/ccds/test/1");
+        let mut incoming = b.accept(proto.clone()).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, mut s)) = incoming.next().await {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                buf.reverse();
+                s.write_all(&buf).await.unwrap();
+                s.close().await.unwrap();
+            }
+        });
+        a.add_addresses(b.local_peer_id(), b.listen_addrs().to_vec());
+        let mut s = a.open(b.local_peer_id(), proto).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.close().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"olleh");
+    }
+}

@@ -1,0 +1,281 @@
+//! Wire messages of the CCDS protocols and their framing.
+//!
+//! # Participants
+//! * `/ccds/control/1` — node → CM: register, join, heartbeat, leave.
+//! * `/ccds/store/1` — CM (or a node repairing on a CM order) → node: a CM-signed order to
+//!   store a fragment, followed by its bytes; or to delete one.
+//! * `/ccds/fetch/1` — client → node: a ticket and a fragment address → the fragment's bytes;
+//!   the client answers with a signed receipt.
+//! * `/ccds/client/1` — client → CM: manifest and contact list for a ticket; reports.
+//!
+//! # Goals
+//! Every message is one frame: a 4-byte little-endian length then a postcard body. The length is
+//! checked against a per-message maximum *before* anything is allocated. Fragment bytes follow
+//! their header frame raw, and are read in bounded chunks.
+//!
+//! # Non-goals
+//! Confidentiality beyond QUIC's, and authentication of the peer (QUIC's TLS handshake already
+//! binds every stream to the remote's peer ID).
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::cert::Certificate;
+use crate::identity::{ContentId, Domain, Signed};
+use crate::manifest::SignedManifest;
+use crate::receipt::{CompletionReport, Receipt};
+use crate::store::FragmentId;
+use crate::ticket::Ticket;
+
+pub const CONTROL: StreamProtocol = StreamProtocol::new("/ccds/control/1");
+pub const STORE: StreamProtocol = StreamProtocol::new("/ccds/store/1");
+pub const FETCH: StreamProtocol = StreamProtocol::new("/ccds/fetch/1");
+pub const CLIENT: StreamProtocol = StreamProtocol::new("/ccds/client/1");
+
+/// Largest control, store-header, fetch-header or report frame.
+pub const MAX_SMALL_MSG: usize = 64 * 1024;
+/// Largest manifest-and-contacts frame (a manifest of 1 M fragments is 32 MiB).
+pub const MAX_MANIFEST_MSG: usize = 64 << 20;
+/// Largest fragment accepted on any stream.
+pub const MAX_FRAGMENT: usize = 32 << 20;
+
+/// Framing and decoding errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Writes one framed message.
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let body = crate::identity::encode(msg);
+    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one framed message of at most `max` bytes.
+pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+/// Reads exactly `len` raw bytes (already checked against a limit by the caller), growing the
+/// buffer as data arrives rather than trusting the peer with a large up-front allocation.
+pub async fn read_bytes<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    let got = r.take(len as u64).read_to_end(&mut out).await?;
+    if got != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("stream ended after {got} of {len} bytes"),
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+// ---- /ccds/control/1 -------------------------------------------------------------------------
+
+/// Node → CM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Ask for a node certificate for the connection's peer ID.
+    Register,
+    /// Online and serving at these addresses.
+    Join {
+        addrs: Vec<Multiaddr>,
+        quota: u64,
+        used: u64,
+    },
+    /// Still online.
+    Heartbeat { used: u64 },
+    /// Going offline (shutdown or owner's suspend).
+    Leave,
+}
+
+/// CM → node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Registered { cert: Certificate },
+    Ok,
+    Error(String),
+}
+
+// ---- /ccds/store/1 ---------------------------------------------------------------------------
+
+/// The CM's order to store one fragment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreOrder {
+    pub node: PeerId,
+    pub fragment: FragmentId,
+    pub hash: [u8; 32],
+    pub len: u32,
+    pub issued: u64,
+}
+
+impl Domain for StoreOrder {
+    const DOMAIN: &'static [u8] = b"ccds/store-order/v1";
+}
+
+/// The CM's order to delete fragments of a content from one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOrder {
+    pub node: PeerId,
+    pub fragments: Vec<FragmentId>,
+    pub issued: u64,
+}
+
+impl Domain for DeleteOrder {
+    const DOMAIN: &'static [u8] = b"ccds/delete-order/v1";
+}
+
+/// Pusher → node. A `Store` frame is followed by exactly `order.len` raw bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    Store(Signed<StoreOrder>),
+    Delete(Signed<DeleteOrder>),
+}
+
+/// Node → pusher.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StoreResponse {
+    Ok,
+    Refused(String),
+}
+
+// ---- /ccds/fetch/1 ---------------------------------------------------------------------------
+
+/// Client → node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub ticket: Ticket,
+    pub segment: u32,
+    pub index: u16,
+}
+
+/// Node → client. `Ok` is followed by exactly `len` raw bytes, after which the client sends
+/// one [`Receipt`] frame.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FetchResponse {
+    Ok { len: u32 },
+    Refused(String),
+    NotFound,
+}
+
+/// Client → node, after the bytes of a fetch.
+pub type FetchReceipt = Receipt;
+
+// ---- /ccds/client/1 --------------------------------------------------------------------------
+
+/// Where to reach a node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contact {
+    pub node: PeerId,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// One holder of one fragment: `node` indexes [`ContactList::nodes`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub segment: u32,
+    pub index: u16,
+    pub node: u32,
+}
+
+/// Who holds which fragments now, nodes in CM-chosen random order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactList {
+    pub nodes: Vec<Contact>,
+    pub holders: Vec<Holder>,
+}
+
+/// What went wrong with a node, as a client saw it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProblemKind {
+    Unreachable,
+    Corrupt { segment: u32, index: u16 },
+}
+
+/// A client's report about one node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProblemReport {
+    pub content: ContentId,
+    pub node: PeerId,
+    pub kind: ProblemKind,
+    pub detail: String,
+}
+
+/// Client → CM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Manifest { ticket: Ticket },
+    Problem(ProblemReport),
+    Completion(CompletionReport),
+}
+
+/// CM → client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Manifest {
+        manifest: SignedManifest,
+        contacts: ContactList,
+    },
+    Ok,
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversize_is_refused_before_allocation() {
+        futures::executor::block_on(async {
+            let mut buf = Vec::new();
+            write_msg(&mut buf, &StoreResponse::Refused("x".into()))
+                .await
+                .unwrap();
+            let back: StoreResponse = read_msg(&mut &buf[..], 100).await.unwrap();
+            assert_eq!(back, StoreResponse::Refused("x".into()));
+            let huge = u32::MAX.to_le_bytes();
+            let err = read_msg::<_, StoreResponse>(&mut &huge[..], 100)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, FrameError::TooLarge { .. }));
+            let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
+            let err = read_msg::<_, StoreResponse>(&mut &garbage[..], 100)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, FrameError::Decode(_)));
+            let short = [10u8, 0, 0, 0, 1];
+            assert!(matches!(
+                read_msg::<_, StoreResponse>(&mut &short[..], 100).await,
+                Err(FrameError::Io(_))
+            ));
+            assert!(read_bytes(&mut &[1u8, 2][..], 3).await.is_err());
+        });
+    }
+}
