@@ -265,15 +265,26 @@ impl Net {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<libp2p::Stream, NetError> {
+        self.open_with(peer, protocol, OPEN_ATTEMPTS, OPEN_TIMEOUT)
+            .await
+    }
+
+    /// Like [`Net::open`] with an explicit number of attempts and a timeout per attempt
+    /// (a client with other holders to try gives up on a dead node sooner).
+    pub async fn open_with(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        attempts: u32,
+        timeout: Duration,
+    ) -> Result<libp2p::Stream, NetError> {
         let mut last = String::new();
-        for attempt in 0..OPEN_ATTEMPTS {
+        for attempt in 0..attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             let mut control = self.control.clone();
-            match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol.clone()))
-                .await
-            {
+            match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
                     return Err(NetError::Open {
@@ -283,7 +294,7 @@ impl Net {
                     });
                 }
                 Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("timed out after {OPEN_TIMEOUT:?}"),
+                Err(_) => last = format!("timed out after {timeout:?}"),
             }
             debug!(%peer, %protocol, attempt, error = %last, "stream open failed");
         }

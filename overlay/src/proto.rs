@@ -180,9 +180,13 @@ pub struct FetchRequest {
 /// one [`Receipt`] frame.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum FetchResponse {
-    Ok { len: u32 },
+    Ok {
+        len: u32,
+    },
     Refused(String),
     NotFound,
+    /// The node found its copy corrupt on disk (and dropped it): fetch from another holder.
+    Corrupt,
 }
 
 /// Client → node, after the bytes of a fetch.
