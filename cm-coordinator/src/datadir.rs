@@ -1,0 +1,61 @@
+//! The coordinator's data directory.
+
+use std::path::{Path, PathBuf};
+
+use overlay::Identity;
+
+/// Paths inside a coordinator data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The CM root key: signs certificates, manifests and orders.
+    pub fn root_key(&self) -> PathBuf {
+        self.root.join("cm.key")
+    }
+
+    /// The embedded database.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("coordinator.db")
+    }
+
+    /// Written by `run` once listening: the coordinator's dialable multiaddr.
+    pub fn addr_file(&self) -> PathBuf {
+        self.root.join("coordinator.addr")
+    }
+
+    /// The local admin socket of a running coordinator.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
+
+    /// A partner's signing key, held by the CM on the partner's behalf.
+    pub fn partner_key(&self, name: &str) -> PathBuf {
+        self.root.join("partners").join(format!("{name}.key"))
+    }
+
+    /// Loads the root key, with a clear error when the directory was never initialised.
+    pub fn load_root(&self) -> anyhow::Result<Identity> {
+        let path = self.root_key();
+        if !path.exists() {
+            anyhow::bail!(
+                "{} is not an initialised coordinator data directory (run `cm-coordinator init --data-dir {}`)",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(Identity::load(&path)?)
+    }
+}

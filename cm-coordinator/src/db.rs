@@ -1,0 +1,511 @@
+//! The coordinator's storage layer. Callers see only [`Db`] and plain Rust types; the engine
+//! behind it is SQLite, embedded in the data directory. A PostgreSQL backend joins by giving
+//! [`Db`] a second pool variant and its own migrations, without touching the callers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use overlay::{ContentId, PeerId};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt database row: {0}")]
+    Corrupt(String),
+}
+
+/// The coordinator's database.
+#[derive(Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+/// A registered node as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub registered_at: i64,
+    pub addrs: Vec<String>,
+    pub quota: i64,
+    pub used: i64,
+    pub last_seen: Option<i64>,
+    pub fragments: i64,
+}
+
+/// A published content as stored.
+#[derive(Clone, Debug)]
+pub struct ContentRow {
+    pub id: ContentId,
+    pub partner: String,
+    pub size: u64,
+    pub manifest: Vec<u8>,
+    pub content_key: [u8; 32],
+}
+
+/// One placement: fragment `idx` of `segment` is on `node`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub segment: u32,
+    pub index: u16,
+    pub node: PeerId,
+}
+
+/// A client's problem report as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProblemRow {
+    pub reporter: String,
+    pub node: String,
+    pub content: String,
+    pub kind: String,
+    pub segment: Option<i64>,
+    pub index: Option<i64>,
+    pub detail: String,
+    pub at: i64,
+}
+
+/// A ticket issued through the coordinator.
+#[derive(Clone, Debug)]
+pub struct TicketRow {
+    pub id: String,
+    pub content: String,
+    pub client: String,
+    pub partner: String,
+    pub not_after: i64,
+    pub allowance: i64,
+    pub issued_at: i64,
+}
+
+fn parse_peer(s: &str) -> Result<PeerId, DbError> {
+    PeerId::from_str(s).map_err(|e| DbError::Corrupt(format!("peer id {s}: {e}")))
+}
+
+impl Db {
+    /// Opens (creating and migrating if needed) the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records a certificate and returns its serial.
+    pub async fn next_cert_serial(
+        &self,
+        subject: &PeerId,
+        role: &str,
+        now: u64,
+        not_after: u64,
+    ) -> Result<u64, DbError> {
+        let row = sqlx::query(
+            "INSERT INTO certificates (subject, role, issued_at, not_after) VALUES (?, ?, ?, ?) RETURNING serial",
+        )
+        .bind(subject.to_string())
+        .bind(role)
+        .bind(now as i64)
+        .bind(not_after as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
+    /// Registers a node (idempotent: a node registering again keeps its history).
+    pub async fn register_node(&self, id: &PeerId, serial: u64, now: u64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO nodes (id, registered_at, cert_serial) VALUES (?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET cert_serial = excluded.cert_serial",
+        )
+        .bind(id.to_string())
+        .bind(now as i64)
+        .bind(serial as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `id` is a registered node.
+    pub async fn is_node(&self, id: &PeerId) -> Result<bool, DbError> {
+        Ok(sqlx::query("SELECT 1 FROM nodes WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// Records a node coming online: addresses, capacity, a new session.
+    pub async fn node_joined(
+        &self,
+        id: &PeerId,
+        addrs: &[String],
+        quota: u64,
+        used: u64,
+        now: u64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        close_sessions(&mut tx, id, now, "rejoined").await?;
+        sqlx::query("UPDATE nodes SET addrs = ?, quota = ?, used = ?, last_seen = ? WHERE id = ?")
+            .bind(serde_json::to_string(addrs).expect("strings serialise"))
+            .bind(quota as i64)
+            .bind(used as i64)
+            .bind(now as i64)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO node_sessions (node, started_at) VALUES (?, ?)")
+            .bind(id.to_string())
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a heartbeat.
+    pub async fn node_seen(&self, id: &PeerId, used: u64, now: u64) -> Result<(), DbError> {
+        sqlx::query("UPDATE nodes SET used = ?, last_seen = ? WHERE id = ?")
+            .bind(used as i64)
+            .bind(now as i64)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a node going offline and why.
+    pub async fn node_left(&self, id: &PeerId, now: u64, reason: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        close_sessions(&mut tx, id, now, reason).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every open session (at coordinator start: liveness restarts from scratch).
+    pub async fn close_all_sessions(&self, now: u64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE node_sessions SET ended_at = ?, end_reason = 'coordinator restart' WHERE ended_at IS NULL",
+        )
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every registered node with the number of fragments placed on it.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT n.id, n.registered_at, n.addrs, n.quota, n.used, n.last_seen,
+                    (SELECT COUNT(*) FROM placements p WHERE p.node = n.id AND p.removed_at IS NULL)
+             FROM nodes n ORDER BY n.registered_at, n.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let addrs: String = r.get(2);
+                Ok(NodeRow {
+                    id: r.get(0),
+                    registered_at: r.get(1),
+                    addrs: serde_json::from_str(&addrs)
+                        .map_err(|e| DbError::Corrupt(format!("node addresses: {e}")))?,
+                    quota: r.get(3),
+                    used: r.get(4),
+                    last_seen: r.get(5),
+                    fragments: r.get(6),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a partner.
+    pub async fn add_partner(
+        &self,
+        name: &str,
+        id: &PeerId,
+        cert: &[u8],
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO partners (name, id, cert, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(id.to_string())
+        .bind(cert)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A partner's encoded certificate.
+    pub async fn partner_cert(&self, name: &str) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(sqlx::query("SELECT cert FROM partners WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Records a published content and all its placements, atomically.
+    pub async fn add_content(
+        &self,
+        content: &ContentRow,
+        name: &str,
+        data_shards: u8,
+        parity_shards: u8,
+        placements: &[Placement],
+        now: u64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id = content.id.to_string();
+        sqlx::query(
+            "INSERT INTO contents (id, partner, name, size, data_shards, parity_shards, manifest, content_key, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&content.partner)
+        .bind(name)
+        .bind(content.size as i64)
+        .bind(data_shards as i64)
+        .bind(parity_shards as i64)
+        .bind(&content.manifest)
+        .bind(&content.content_key[..])
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        for p in placements {
+            sqlx::query(
+                "INSERT INTO placements (content, segment, idx, node, placed_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO UPDATE SET removed_at = NULL, placed_at = excluded.placed_at",
+            )
+            .bind(&id)
+            .bind(p.segment as i64)
+            .bind(p.index as i64)
+            .bind(p.node.to_string())
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A published content.
+    pub async fn content(&self, id: &ContentId) -> Result<Option<ContentRow>, DbError> {
+        let Some(r) =
+            sqlx::query("SELECT partner, size, manifest, content_key FROM contents WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let key: Vec<u8> = r.get(3);
+        Ok(Some(ContentRow {
+            id: *id,
+            partner: r.get(0),
+            size: r.get::<i64, _>(1) as u64,
+            manifest: r.get(2),
+            content_key: key
+                .try_into()
+                .map_err(|_| DbError::Corrupt("content key is not 32 bytes".into()))?,
+        }))
+    }
+
+    /// Current placements of a content.
+    pub async fn placements(&self, id: &ContentId) -> Result<Vec<Placement>, DbError> {
+        let rows = sqlx::query(
+            "SELECT segment, idx, node FROM placements WHERE content = ? AND removed_at IS NULL",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Placement {
+                    segment: r.get::<i64, _>(0) as u32,
+                    index: r.get::<i64, _>(1) as u16,
+                    node: parse_peer(&r.get::<String, _>(2))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a ticket issued through the coordinator (a sales record).
+    pub async fn add_ticket(&self, t: &TicketRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.content)
+        .bind(&t.client)
+        .bind(&t.partner)
+        .bind(t.not_after)
+        .bind(t.allowance)
+        .bind(t.issued_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a client's problem report.
+    pub async fn add_problem(&self, p: &ProblemRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO problem_reports (reporter, node, content, kind, segment, idx, detail, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.reporter)
+        .bind(&p.node)
+        .bind(&p.content)
+        .bind(&p.kind)
+        .bind(p.segment)
+        .bind(p.index)
+        .bind(&p.detail)
+        .bind(p.at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every problem report, oldest first.
+    pub async fn problems(&self) -> Result<Vec<ProblemRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT reporter, node, content, kind, segment, idx, detail, at FROM problem_reports ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ProblemRow {
+                reporter: r.get(0),
+                node: r.get(1),
+                content: r.get(2),
+                kind: r.get(3),
+                segment: r.get(4),
+                index: r.get(5),
+                detail: r.get(6),
+                at: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Records a client's completion report (a report seen twice is kept once).
+    pub async fn add_completion(
+        &self,
+        ticket: &str,
+        client: &PeerId,
+        content: &ContentId,
+        report: &[u8],
+        at: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO completions (ticket, client, content, report, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(ticket)
+        .bind(client.to_string())
+        .bind(content.to_string())
+        .bind(report)
+        .bind(at as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Number of completion reports for a content.
+    pub async fn completions(&self, content: &ContentId) -> Result<i64, DbError> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM completions WHERE content = ?")
+                .bind(content.to_string())
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+}
+
+async fn close_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &PeerId,
+    now: u64,
+    reason: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE node_sessions SET ended_at = ?, end_reason = ? WHERE node = ? AND ended_at IS NULL",
+    )
+    .bind(now as i64)
+    .bind(reason)
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlay::Identity;
+
+    #[tokio::test]
+    async fn nodes_contents_and_placements_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let node = Identity::generate().peer_id();
+        let serial = db.next_cert_serial(&node, "node", 10, 100).await.unwrap();
+        assert_eq!(serial, 1);
+        db.register_node(&node, serial, 10).await.unwrap();
+        assert!(db.is_node(&node).await.unwrap());
+        db.node_joined(&node, &["/ip4/127.0.0.1/udp/1/quic-v1".into()], 1000, 0, 11)
+            .await
+            .unwrap();
+        assert!(
+            db.add_partner("p", &Identity::generate().peer_id(), b"c", 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !db.add_partner("p", &Identity::generate().peer_id(), b"c", 1)
+                .await
+                .unwrap()
+        );
+        let content = ContentRow {
+            id: ContentId([5; 32]),
+            partner: "p".into(),
+            size: 10,
+            manifest: vec![1, 2],
+            content_key: [7; 32],
+        };
+        let placements = vec![Placement {
+            segment: 0,
+            index: 3,
+            node,
+        }];
+        db.add_content(&content, "f", 1, 1, &placements, 12)
+            .await
+            .unwrap();
+        assert_eq!(db.placements(&content.id).await.unwrap(), placements);
+        assert_eq!(
+            db.content(&content.id).await.unwrap().unwrap().content_key,
+            [7; 32]
+        );
+        let nodes = db.nodes().await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].fragments, 1);
+        assert_eq!(nodes[0].quota, 1000);
+    }
+}

@@ -1,0 +1,20 @@
+//! The collective manager (CM): node registry and liveness, publishing (encode, place, push),
+//! tickets, and the client-facing service that hands out manifests and contact lists.
+//!
+//! # Layout
+//!
+//! * [`datadir`]: the files of a coordinator's data directory.
+//! * [`db`]: the storage layer (SQLite embedded; the seam for PostgreSQL).
+//! * [`registry`]: which nodes are online now (in memory; history goes to the database).
+//! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
+//! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
+//! * [`admin`]: the admin socket protocol, and its client used by the CLI commands.
+
+pub mod admin;
+pub mod datadir;
+pub mod db;
+pub mod publish;
+pub mod registry;
+pub mod server;
+
+pub use datadir::DataDir;

@@ -1,0 +1,567 @@
+//! `cm-coordinator run`: serves `/ccds/control/1` to nodes and `/ccds/client/1` to clients over
+//! QUIC, and the admin socket to the local CLI.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{Stream, StreamProtocol};
+use overlay::cert::{self, Certificate, Role};
+use overlay::manifest::SignedManifest;
+use overlay::net::{Net, with_peer};
+use overlay::proto::{
+    self, ClientRequest, ClientResponse, Contact, ContactList, ControlRequest, ControlResponse,
+    Holder, ProblemKind,
+};
+use overlay::ticket::{Ticket, TicketBody, TicketFile};
+use overlay::time::now_secs;
+use overlay::{ContentId, Identity, Multiaddr, PeerId};
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
+use crate::datadir::DataDir;
+use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
+use crate::publish::{self, PublishParams};
+use crate::registry::{OnlineNode, Registry};
+
+/// Validity of node certificates.
+const NODE_CERT_SECS: u64 = 365 * 24 * 3600;
+/// Concurrent inbound streams per protocol.
+const MAX_STREAMS: usize = 1024;
+
+/// Settings of a running coordinator.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub listen: Multiaddr,
+    /// A node silent for longer than this is taken off the active list.
+    pub node_timeout: Duration,
+}
+
+/// A running coordinator's shared state.
+pub struct Coordinator {
+    pub dir: DataDir,
+    pub root: Identity,
+    pub db: Db,
+    pub net: Net,
+    pub registry: Registry,
+    pub addr: Multiaddr,
+}
+
+/// Runs the coordinator until `shutdown` resolves.
+pub async fn run(
+    dir: DataDir,
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let root = dir.load_root()?;
+    let db = Db::open_sqlite(&dir.database()).await?;
+    db.close_all_sessions(now_secs()).await?;
+    let socket = dir.admin_socket();
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        anyhow::bail!(
+            "a coordinator is already running for {}",
+            dir.root().display()
+        );
+    }
+    let _ = std::fs::remove_file(&socket);
+    let admin = UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", socket.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let net = Net::start(&root, std::slice::from_ref(&config.listen)).await?;
+    let addr = with_peer(&net.listen_addrs()[0], root.peer_id());
+    let coord = Arc::new(Coordinator {
+        dir: dir.clone(),
+        root,
+        db,
+        net,
+        registry: Registry::default(),
+        addr: addr.clone(),
+    });
+    spawn_accept(&coord, proto::CONTROL, handle_control)?;
+    spawn_accept(&coord, proto::CLIENT, handle_client)?;
+    tokio::spawn(admin_loop(coord.clone(), admin));
+    tokio::spawn(expiry_loop(coord.clone(), config.node_timeout));
+    overlay::store::write_atomic(&dir.addr_file(), format!("{addr}\n").as_bytes(), false)?;
+    info!(%addr, "coordinator running");
+    shutdown.await;
+    info!("shutting down");
+    let _ = std::fs::remove_file(dir.addr_file());
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn spawn_accept<F, Fut>(
+    coord: &Arc<Coordinator>,
+    protocol: StreamProtocol,
+    handler: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Coordinator>, PeerId, Stream) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    // A dedicated loop keeps polling: libp2p-stream drops inbound streams nobody waits for.
+    let mut incoming = coord.net.accept(protocol.clone())?;
+    let coord = coord.clone();
+    let limit = Arc::new(Semaphore::new(MAX_STREAMS));
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let span = info_span!("stream", %protocol, %peer);
+            let fut = handler(coord.clone(), peer, stream);
+            tokio::spawn(
+                async move {
+                    fut.await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    });
+    Ok(())
+}
+
+async fn respond<T: serde::Serialize>(stream: &mut Stream, msg: &T) {
+    if let Err(e) = proto::write_msg(stream, msg).await {
+        warn!(error = %e, "cannot answer");
+    }
+    let _ = stream.close().await;
+}
+
+async fn handle_control(coord: Arc<Coordinator>, peer: PeerId, mut stream: Stream) {
+    let req: ControlRequest = match proto::read_msg(&mut stream, proto::MAX_SMALL_MSG).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "bad control request");
+            return respond(&mut stream, &ControlResponse::Error(e.to_string())).await;
+        }
+    };
+    let answer = match control(&coord, peer, req).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "control request failed");
+            ControlResponse::Error(e.to_string())
+        }
+    };
+    respond(&mut stream, &answer).await;
+}
+
+async fn control(
+    coord: &Coordinator,
+    peer: PeerId,
+    req: ControlRequest,
+) -> anyhow::Result<ControlResponse> {
+    let now = now_secs();
+    Ok(match req {
+        ControlRequest::Register => {
+            if overlay::identity::verifying_key_of(&peer).is_err() {
+                return Ok(ControlResponse::Error(
+                    "node identities must be Ed25519 keys".into(),
+                ));
+            }
+            let not_after = now + NODE_CERT_SECS;
+            let serial = coord
+                .db
+                .next_cert_serial(&peer, "node", now, not_after)
+                .await?;
+            let cert = cert::issue(&coord.root, peer, Role::Node, serial, now, NODE_CERT_SECS);
+            coord.db.register_node(&peer, serial, now).await?;
+            info!(node = %peer, serial, "node registered");
+            ControlResponse::Registered { cert }
+        }
+        ControlRequest::Join { addrs, quota, used } => {
+            if !coord.db.is_node(&peer).await? {
+                return Ok(ControlResponse::Error(
+                    "this node is not registered; register first".into(),
+                ));
+            }
+            let addrs: Vec<Multiaddr> = addrs.into_iter().take(16).collect();
+            let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            coord
+                .db
+                .node_joined(&peer, &shown, quota, used, now)
+                .await?;
+            coord.net.add_addresses(peer, addrs.clone());
+            coord.registry.join(OnlineNode {
+                id: peer,
+                addrs,
+                quota,
+                used,
+                last_seen: Instant::now(),
+            });
+            info!(node = %peer, "node joined");
+            ControlResponse::Ok
+        }
+        ControlRequest::Heartbeat { used } => {
+            if !coord.registry.seen(&peer, used, Instant::now()) {
+                return Ok(ControlResponse::Error("not joined; join again".into()));
+            }
+            coord.db.node_seen(&peer, used, now).await?;
+            ControlResponse::Ok
+        }
+        ControlRequest::Leave => {
+            if coord.registry.leave(&peer) {
+                coord.db.node_left(&peer, now, "leave").await?;
+                info!(node = %peer, "node left");
+            }
+            ControlResponse::Ok
+        }
+    })
+}
+
+async fn handle_client(coord: Arc<Coordinator>, peer: PeerId, mut stream: Stream) {
+    let req: ClientRequest = match proto::read_msg(&mut stream, proto::MAX_SMALL_MSG).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "bad client request");
+            return respond(&mut stream, &ClientResponse::Error(e.to_string())).await;
+        }
+    };
+    let answer = match client(&coord, peer, req).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "client request failed");
+            ClientResponse::Error(format!("coordinator error: {e}"))
+        }
+    };
+    respond(&mut stream, &answer).await;
+}
+
+async fn client(
+    coord: &Coordinator,
+    peer: PeerId,
+    req: ClientRequest,
+) -> anyhow::Result<ClientResponse> {
+    let now = now_secs();
+    Ok(match req {
+        ClientRequest::Manifest { ticket } => {
+            let content = ticket.body().content;
+            if let Err(e) = ticket.verify_for(&coord.root.peer_id(), now, &content, &peer) {
+                info!(error = %e, "ticket refused");
+                return Ok(ClientResponse::Error(format!("ticket refused: {e}")));
+            }
+            let Some(row) = coord.db.content(&content).await? else {
+                return Ok(ClientResponse::Error(format!("unknown content {content}")));
+            };
+            let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
+            let contacts = contact_list(coord, &content).await?;
+            info!(%content, nodes = contacts.nodes.len(), "manifest and contacts sent");
+            ClientResponse::Manifest { manifest, contacts }
+        }
+        ClientRequest::Problem(p) => {
+            let (kind, segment, index) = match p.kind {
+                ProblemKind::Unreachable => ("unreachable", None, None),
+                ProblemKind::Corrupt { segment, index } => {
+                    ("corrupt", Some(segment as i64), Some(index as i64))
+                }
+            };
+            warn!(node = %p.node, kind, detail = %p.detail, "problem reported");
+            coord
+                .db
+                .add_problem(&ProblemRow {
+                    reporter: peer.to_string(),
+                    node: p.node.to_string(),
+                    content: p.content.to_string(),
+                    kind: kind.into(),
+                    segment,
+                    index,
+                    detail: p.detail.chars().take(1024).collect(),
+                    at: now as i64,
+                })
+                .await?;
+            ClientResponse::Ok
+        }
+        ClientRequest::Completion(report) => {
+            let body = match report.verify_by(&peer) {
+                Ok(b) => b,
+                Err(e) => return Ok(ClientResponse::Error(format!("bad completion report: {e}"))),
+            };
+            coord
+                .db
+                .add_completion(
+                    &hex::encode(body.ticket_id),
+                    &peer,
+                    &body.content,
+                    &overlay::identity::encode(&report),
+                    body.time,
+                )
+                .await?;
+            info!(content = %body.content, "download completed");
+            ClientResponse::Ok
+        }
+    })
+}
+
+/// Online holders of every fragment of `content`, nodes in random order.
+async fn contact_list(coord: &Coordinator, content: &ContentId) -> anyhow::Result<ContactList> {
+    let mut nodes: Vec<PeerId> = Vec::new();
+    let placements = coord.db.placements(content).await?;
+    let mut seen = std::collections::HashSet::new();
+    for p in &placements {
+        if seen.insert(p.node) && coord.registry.is_online(&p.node) {
+            nodes.push(p.node);
+        }
+    }
+    nodes.shuffle(&mut rand::rng());
+    let position: std::collections::HashMap<PeerId, u32> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i as u32))
+        .collect();
+    let holders = placements
+        .iter()
+        .filter_map(|p| {
+            position.get(&p.node).map(|&node| Holder {
+                segment: p.segment,
+                index: p.index,
+                node,
+            })
+        })
+        .collect();
+    let nodes = nodes
+        .into_iter()
+        .map(|n| Contact {
+            node: n,
+            addrs: coord.registry.get(&n).map(|o| o.addrs).unwrap_or_default(),
+        })
+        .collect();
+    Ok(ContactList { nodes, holders })
+}
+
+async fn expiry_loop(coord: Arc<Coordinator>, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(200)));
+    loop {
+        tick.tick().await;
+        for node in coord.registry.expire(Instant::now(), timeout) {
+            warn!(%node, "no heartbeat within {timeout:?}; marked offline");
+            if let Err(e) = coord.db.node_left(&node, now_secs(), "timeout").await {
+                error!(error = %e, "cannot record node timeout");
+            }
+        }
+    }
+}
+
+async fn admin_loop(coord: Arc<Coordinator>, listener: UnixListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "admin socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let coord = coord.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let answer = match BufReader::new(read.take(MAX_LINE as u64))
+                .read_line(&mut line)
+                .await
+            {
+                Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(req) => match admin(&coord, req).await {
+                        Ok(v) => AdminResponse::Ok(v),
+                        Err(e) => AdminResponse::Error(format!("{e:#}")),
+                    },
+                    Err(e) => AdminResponse::Error(format!("malformed admin request: {e}")),
+                },
+                Err(e) => AdminResponse::Error(e.to_string()),
+            };
+            let mut out = serde_json::to_vec(&answer).expect("responses serialise");
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<serde_json::Value> {
+    match req {
+        AdminRequest::Nodes => {
+            let rows = coord.db.nodes().await?;
+            let list: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|r| {
+                    let online = PeerId::from_str(&r.id)
+                        .map(|p| coord.registry.is_online(&p))
+                        .unwrap_or(false);
+                    serde_json::json!({
+                        "id": r.id,
+                        "online": online,
+                        "addrs": r.addrs,
+                        "quota": r.quota,
+                        "used": r.used,
+                        "fragments": r.fragments,
+                        "last_seen": r.last_seen,
+                        "registered_at": r.registered_at,
+                    })
+                })
+                .collect();
+            Ok(serde_json::Value::Array(list))
+        }
+        AdminRequest::Publish {
+            partner,
+            path,
+            data_shards,
+            parity_shards,
+            segment_size,
+        } => {
+            if coord.db.partner_cert(&partner).await?.is_none() {
+                anyhow::bail!(
+                    "unknown partner `{partner}` (add it with `cm-coordinator partner add {partner}`)"
+                );
+            }
+            let online = coord.registry.online().into_iter().map(|n| n.id).collect();
+            let params = PublishParams {
+                data_shards,
+                parity_shards,
+                segment_size,
+            };
+            let published =
+                publish::publish(&coord.root, &coord.net, online, &path, &params).await?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let row = ContentRow {
+                id: published.content,
+                partner,
+                size: published.manifest.body.size,
+                manifest: overlay::identity::encode(&published.manifest),
+                content_key: published.content_key,
+            };
+            coord
+                .db
+                .add_content(
+                    &row,
+                    &name,
+                    data_shards,
+                    parity_shards,
+                    &published.placements,
+                    now_secs(),
+                )
+                .await?;
+            info!(content = %published.content, fragments = published.placements.len(), "published");
+            Ok(serde_json::json!({
+                "content": published.content.to_string(),
+                "size": row.size,
+                "segments": published.manifest.body.segments(),
+                "fragments": published.placements.len(),
+            }))
+        }
+        AdminRequest::Ticket {
+            partner,
+            content,
+            client,
+            expires_secs,
+            allowance,
+        } => {
+            let content: ContentId = content.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let client = PeerId::from_str(&client)
+                .map_err(|e| anyhow::anyhow!("`{client}` is not a client ID: {e}"))?;
+            overlay::identity::verifying_key_of(&client)
+                .map_err(|_| anyhow::anyhow!("client ID {client} is not an Ed25519 key"))?;
+            let Some(cert) = coord.db.partner_cert(&partner).await? else {
+                anyhow::bail!("unknown partner `{partner}`");
+            };
+            let partner_cert: Certificate = postcard::from_bytes(&cert)?;
+            let partner_key = overlay::Identity::load(&coord.dir.partner_key(&partner))?;
+            let Some(row) = coord.db.content(&content).await? else {
+                anyhow::bail!("unknown content {content}");
+            };
+            let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
+            let now = now_secs();
+            // Room for the encoded size twice over: retries and resumed downloads.
+            let encoded: u64 = (0..manifest.body.segments())
+                .map(|s| (manifest.body.fragment_len(s) * manifest.body.k()) as u64)
+                .sum();
+            let body = TicketBody {
+                ticket_id: rand::random(),
+                content,
+                client,
+                not_after: now + expires_secs,
+                allowance: allowance.unwrap_or(encoded * 2),
+            };
+            let ticket = Ticket::issue(&partner_key, partner_cert, body.clone());
+            coord
+                .db
+                .add_ticket(&TicketRow {
+                    id: hex::encode(body.ticket_id),
+                    content: content.to_string(),
+                    client: client.to_string(),
+                    partner,
+                    not_after: body.not_after as i64,
+                    allowance: body.allowance as i64,
+                    issued_at: now as i64,
+                })
+                .await?;
+            let file = TicketFile {
+                ticket,
+                content_key: row.content_key,
+                coordinator: coord.addr.clone(),
+            };
+            Ok(serde_json::to_value(file)?)
+        }
+        AdminRequest::Reports => Ok(serde_json::to_value(coord.db.problems().await?)?),
+    }
+}
+
+/// Registers a partner: creates its key and a partner certificate. Works without a running
+/// coordinator (the database is shared safely).
+pub async fn add_partner(dir: &DataDir, name: &str) -> anyhow::Result<PeerId> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        anyhow::bail!("partner names are 1-64 letters, digits, `-` or `_`; got `{name}`");
+    }
+    let root = dir.load_root()?;
+    let db = Db::open_sqlite(&dir.database()).await?;
+    if db.partner_cert(name).await?.is_some() {
+        anyhow::bail!("partner `{name}` already exists");
+    }
+    let key_path: PathBuf = dir.partner_key(name);
+    let key = Identity::load_or_create(&key_path)?;
+    let now = now_secs();
+    let validity = 10 * 365 * 24 * 3600;
+    let serial = db
+        .next_cert_serial(&key.peer_id(), "partner", now, now + validity)
+        .await?;
+    let cert = cert::issue(&root, key.peer_id(), Role::Partner, serial, now, validity);
+    if !db
+        .add_partner(name, &key.peer_id(), &overlay::identity::encode(&cert), now)
+        .await?
+    {
+        anyhow::bail!("partner `{name}` already exists");
+    }
+    Ok(key.peer_id())
+}
+
+/// Creates a coordinator data directory: the root key and the database.
+pub async fn init(dir: &DataDir) -> anyhow::Result<PeerId> {
+    if dir.root_key().exists() {
+        anyhow::bail!(
+            "{} is already initialised (coordinator {})",
+            dir.root().display(),
+            Identity::load(&dir.root_key())?.peer_id()
+        );
+    }
+    std::fs::create_dir_all(dir.root())?;
+    let root = Identity::generate();
+    root.save(&dir.root_key())?;
+    Db::open_sqlite(&dir.database()).await?;
+    Ok(root.peer_id())
+}
