@@ -1,1 +1,117 @@
-fn main() {}
+//! `ccds-node`: the CCDS participating node daemon.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use ccds_node::daemon::DEFAULT_LISTEN;
+use ccds_node::{InitOptions, RunOptions};
+use clap::{Parser, Subcommand};
+use overlay::Multiaddr;
+use tracing_subscriber::EnvFilter;
+
+/// Lends this machine's idle disk and upload bandwidth to a CCDS collective.
+#[derive(Parser)]
+#[command(name = "ccds-node", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the node's key and config, pinning the coordinator; prints the node's peer ID.
+    Init {
+        /// The node's data directory (created if needed).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The coordinator's address, ending in /p2p/<CM peer ID>.
+        #[arg(long)]
+        coordinator: Multiaddr,
+        /// Disk space for fragments, e.g. "10GiB" or "500MB" [default: 10GiB, or the current
+        /// quota when re-initialising].
+        #[arg(long)]
+        quota: Option<ByteSize>,
+    },
+    /// Join the collective and serve fragments until interrupted (SIGINT or SIGTERM).
+    Run {
+        /// The node's data directory, as given to `init`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The QUIC multiaddr to listen on.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: Multiaddr,
+        /// Time between heartbeats to the coordinator, e.g. "30s" or "2m".
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        heartbeat_interval: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            coordinator,
+            quota,
+        } => {
+            let id = ccds_node::init(&InitOptions {
+                data_dir,
+                coordinator,
+                quota: quota.map(|q| q.as_u64()),
+            })?;
+            println!("{id}");
+        }
+        Command::Run {
+            data_dir,
+            listen,
+            heartbeat_interval,
+        } => {
+            let shutdown = ccds_node::shutdown_signal()?;
+            ccds_node::run(
+                RunOptions {
+                    listen,
+                    heartbeat_interval,
+                    ..RunOptions::new(data_dir)
+                },
+                shutdown,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, skipping causes its message already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}

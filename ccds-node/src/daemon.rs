@@ -1,0 +1,257 @@
+//! `ccds-node run`: the serving [`Server`] plus the control session with the pinned CM.
+//!
+//! Order matters: the accept loops start before the CM hears of the node (the CM pushes
+//! fragments as soon as a node joins), and `DIR/node.addr` appears only once the CM has
+//! accepted the join, so whoever waits for that file finds a node that is both serving and
+//! known to the CM. On shutdown the node tells the CM it is leaving (bounded in time), removes
+//! `DIR/node.addr`, and lets streams in flight finish for a short grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use overlay::cert::{self, Certificate, Role};
+use overlay::store::FragmentStore;
+use overlay::time::now_secs;
+use overlay::{Multiaddr, PeerId};
+use tracing::{debug, info, warn};
+
+use crate::NodeError;
+use crate::control::{Backoff, ControlError, Coordinator};
+use crate::datadir::DataDir;
+use crate::serve::{Limits, ServeOptions, Server};
+
+/// Where a node listens unless told otherwise: loopback, a port picked by the OS.
+pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+/// How often a joined node tells the CM it is alive, unless told otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Memory for hot fragments.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// How long the CM may take to acknowledge a leave at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long streams in flight may run on after shutdown starts.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// First and longest pause between attempts to reach the CM.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// What `ccds-node run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The initialised data directory.
+    pub data_dir: PathBuf,
+    /// The QUIC multiaddr to listen on.
+    pub listen: Multiaddr,
+    /// Time between heartbeats to the CM.
+    pub heartbeat_interval: Duration,
+    /// Memory for hot fragments, in bytes.
+    pub cache_bytes: usize,
+    /// Concurrency and time bounds on the serving side.
+    pub limits: Limits,
+}
+
+impl RunOptions {
+    /// Defaults for a node in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address is valid"),
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Runs the node until `shutdown` resolves (then leaves the collective and returns `Ok`), or
+/// until a fatal error.
+pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    if options.heartbeat_interval.is_zero() {
+        return Err(NodeError::ZeroHeartbeat);
+    }
+    let dir = DataDir::new(&options.data_dir);
+    let (identity, config) = dir.load()?;
+    let (cm, cm_addr) = config.coordinator_peer()?;
+    let fragments = dir.fragments();
+    let (quota, cache) = (config.quota, options.cache_bytes);
+    let store = tokio::task::spawn_blocking(move || FragmentStore::open(&fragments, quota, cache))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))??;
+    info!(node = %identity.peer_id(), used = store.used(), quota, "fragment store open");
+
+    let server = Server::start(ServeOptions {
+        identity: identity.clone(),
+        cm,
+        store: Arc::new(store),
+        receipts_log: dir.receipts(),
+        listen: vec![options.listen.clone()],
+        limits: options.limits.clone(),
+    })
+    .await?;
+    server.net().add_addresses(cm, vec![cm_addr]);
+    let coordinator = Coordinator::new(server.net().clone(), cm);
+    let session = Session {
+        dir: &dir,
+        me: identity.peer_id(),
+        cm,
+        coordinator: &coordinator,
+        server: &server,
+        quota,
+        interval: options.heartbeat_interval,
+        joined: AtomicBool::new(false),
+    };
+
+    let outcome = tokio::select! {
+        result = session.operate() => result.map(|never| match never {}),
+        () = shutdown => {
+            info!("shutting down");
+            Ok(())
+        }
+    };
+    if session.joined.load(Ordering::Relaxed) {
+        match tokio::time::timeout(LEAVE_TIMEOUT, coordinator.leave()).await {
+            Ok(Ok(())) => info!("left the collective"),
+            Ok(Err(e)) => warn!(error = %e, "could not tell the coordinator the node is leaving"),
+            Err(_) => {
+                warn!(timeout = ?LEAVE_TIMEOUT, "the coordinator did not acknowledge the leave in time")
+            }
+        }
+    }
+    let removed = dir.remove_addr();
+    server.shutdown(DRAIN_GRACE).await;
+    outcome?;
+    removed
+}
+
+/// Installs SIGINT and SIGTERM handlers; the returned future resolves on the first of either.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, NodeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("interrupted"),
+            _ = terminate.recv() => info!("terminated"),
+        }
+    })
+}
+
+/// The node's relationship with the CM while it runs.
+struct Session<'a> {
+    dir: &'a DataDir,
+    me: PeerId,
+    cm: PeerId,
+    coordinator: &'a Coordinator,
+    server: &'a Server,
+    quota: u64,
+    interval: Duration,
+    /// Whether the CM has the node on its active list (as far as the node knows).
+    joined: AtomicBool,
+}
+
+impl Session<'_> {
+    /// Registers if needed, joins, publishes the readiness file, then heartbeats forever.
+    async fn operate(&self) -> Result<Infallible, NodeError> {
+        self.ensure_certificate().await?;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+        while let Err(e) = self.join().await {
+            let delay = backoff.next_delay();
+            warn!(error = %e, retry_in = ?delay, "join failed");
+            tokio::time::sleep(delay).await;
+        }
+        let addr = self.server.addr();
+        self.dir.write_addr(&addr)?;
+        info!(%addr, "joined");
+        self.heartbeats().await
+    }
+
+    /// Loads the stored certificate, or registers with the CM for one.
+    async fn ensure_certificate(&self) -> Result<Certificate, NodeError> {
+        if let Some(cert) = self.dir.load_cert()? {
+            match self.usable(&cert) {
+                Ok(()) => return Ok(cert),
+                Err(reason) => {
+                    warn!(%reason, "stored node certificate unusable; registering again")
+                }
+            }
+        }
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+        loop {
+            match self.coordinator.register().await {
+                Ok(cert) => {
+                    self.usable(&cert).map_err(NodeError::BadCertificate)?;
+                    self.dir.save_cert(&cert)?;
+                    info!(
+                        serial = cert.body.serial,
+                        not_after = cert.body.not_after,
+                        "registered"
+                    );
+                    return Ok(cert);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "registration failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Whether `cert` is a valid node certificate from the pinned CM for this node.
+    fn usable(&self, cert: &Certificate) -> Result<(), String> {
+        let body =
+            cert::check(cert, &self.cm, Role::Node, now_secs()).map_err(|e| e.to_string())?;
+        if body.subject != self.me {
+            return Err(format!(
+                "certificate is for {}, not this node {}",
+                body.subject, self.me
+            ));
+        }
+        Ok(())
+    }
+
+    async fn join(&self) -> Result<(), ControlError> {
+        let net = self.server.net();
+        self.coordinator
+            .join(
+                net.listen_addrs().to_vec(),
+                self.quota,
+                self.server.store().used(),
+            )
+            .await?;
+        self.joined.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn heartbeats(&self) -> Result<Infallible, NodeError> {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            if self.joined.load(Ordering::Relaxed) {
+                match self.coordinator.heartbeat(self.server.store().used()).await {
+                    Ok(()) => {
+                        debug!("heartbeat acknowledged");
+                        continue;
+                    }
+                    Err(ControlError::Refused(reason)) => {
+                        warn!(%reason, "the coordinator refused the heartbeat; joining again");
+                        self.joined.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "heartbeat failed");
+                        continue;
+                    }
+                }
+            }
+            match self.join().await {
+                Ok(()) => info!("joined again"),
+                Err(e) => warn!(error = %e, "join failed; retrying at the next heartbeat"),
+            }
+        }
+    }
+}

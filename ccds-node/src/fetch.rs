@@ -1,0 +1,167 @@
+//! `/ccds/fetch/1`: serving one fragment to a ticket holder.
+//!
+//! # Participants
+//! A client holding a ticket, and this node.
+//!
+//! # Goals
+//! * Bytes go only to the client a valid ticket names: the ticket must chain to the pinned CM
+//!   root through a partner certificate, be unexpired, and name the stream's authenticated
+//!   peer. Otherwise the client gets the reason and not one fragment byte.
+//! * A fragment found corrupt on disk is never served: the client is told to go elsewhere.
+//! * After the bytes, the client's receipt is checked and kept as evidence of the work.
+//!
+//! # Non-goals
+//! Enforcing receipts or the ticket's byte allowance (a later accounting step); revocation.
+
+use std::sync::Arc;
+
+use futures::AsyncWriteExt;
+use overlay::PeerId;
+use overlay::proto::{self, FetchReceipt, FetchRequest, FetchResponse, FrameError, MAX_SMALL_MSG};
+use overlay::store::{FragmentId, StoreError};
+use overlay::ticket::TicketBody;
+use overlay::time::now_secs;
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
+
+use crate::receipts::{self, Recorded};
+use crate::serve::{Context, Stats, StreamError, within};
+
+/// Fragment bytes are written in slices of this size, so one write never holds a whole
+/// fragment's worth of stream buffer.
+const CHUNK: usize = 256 * 1024;
+
+/// Serves one inbound `/ccds/fetch/1` stream.
+pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p::Stream) {
+    let span = info_span!(
+        "fetch",
+        peer = %remote,
+        ticket = field::Empty,
+        fragment = field::Empty
+    );
+    async move {
+        if let Err(e) = exchange(&ctx, remote, &mut stream).await {
+            warn!(error = %e, "fetch stream failed");
+        }
+        let _ = stream.close().await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn exchange(
+    ctx: &Arc<Context>,
+    remote: PeerId,
+    stream: &mut libp2p::Stream,
+) -> Result<(), StreamError> {
+    let request: FetchRequest = within(
+        ctx.limits.header_timeout,
+        "fetch request",
+        proto::read_msg(stream, MAX_SMALL_MSG),
+    )
+    .await?;
+    let claimed = request.ticket.body();
+    let span = tracing::Span::current();
+    span.record("ticket", field::display(hex::encode(claimed.ticket_id)));
+    let ticket = match request
+        .ticket
+        .verify_for(&ctx.cm, now_secs(), &claimed.content, &remote)
+    {
+        Ok(body) => body.clone(),
+        Err(e) => {
+            Stats::bump(&ctx.stats.fetch_refused);
+            warn!(reason = %e, "fetch refused");
+            proto::write_msg(stream, &FetchResponse::Refused(e.to_string())).await?;
+            return Ok(());
+        }
+    };
+    let id = FragmentId {
+        content: ticket.content,
+        segment: request.segment,
+        index: request.index,
+    };
+    span.record("fragment", field::display(id));
+
+    let store = ctx.store.clone();
+    let data = match tokio::task::spawn_blocking(move || store.get(&id)).await {
+        Ok(Ok(data)) => data,
+        Ok(Err(StoreError::NotFound(_))) => {
+            Stats::bump(&ctx.stats.not_found);
+            debug!("fragment not held here");
+            proto::write_msg(stream, &FetchResponse::NotFound).await?;
+            return Ok(());
+        }
+        Ok(Err(StoreError::Corrupt { .. })) => {
+            Stats::bump(&ctx.stats.corrupt);
+            warn!("local copy of the fragment is corrupt; it has been dropped");
+            proto::write_msg(stream, &FetchResponse::Corrupt).await?;
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot read fragment");
+            let reason = "the node cannot read its copy of this fragment".to_string();
+            proto::write_msg(stream, &FetchResponse::Refused(reason)).await?;
+            return Ok(());
+        }
+        Err(e) => {
+            error!(error = %e, "read task failed");
+            let reason = "internal error on the node".to_string();
+            proto::write_msg(stream, &FetchResponse::Refused(reason)).await?;
+            return Ok(());
+        }
+    };
+    // The store only ever accepts fragments up to MAX_FRAGMENT, far below u32::MAX.
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    within(ctx.limits.transfer_timeout, "fragment delivery", async {
+        proto::write_msg(stream, &FetchResponse::Ok { len }).await?;
+        for chunk in data[..len as usize].chunks(CHUNK) {
+            stream.write_all(chunk).await?;
+        }
+        stream.flush().await?;
+        Ok::<_, StreamError>(())
+    })
+    .await?;
+    Stats::bump(&ctx.stats.served);
+    info!(bytes = len, "fragment served");
+
+    let receipt = within(
+        ctx.limits.receipt_timeout,
+        "receipt",
+        proto::read_msg::<_, FetchReceipt>(stream, MAX_SMALL_MSG),
+    )
+    .await;
+    match receipt {
+        Ok(receipt) => keep_receipt(ctx, &ticket, receipt).await,
+        Err(StreamError::Frame(e @ (FrameError::Decode(_) | FrameError::TooLarge { .. }))) => {
+            Stats::bump(&ctx.stats.receipts_invalid);
+            warn!(error = %e, "malformed receipt");
+        }
+        Err(e) => {
+            Stats::bump(&ctx.stats.receipts_missing);
+            warn!(error = %e, "no receipt for a served fragment");
+        }
+    }
+    Ok(())
+}
+
+async fn keep_receipt(ctx: &Arc<Context>, ticket: &TicketBody, receipt: FetchReceipt) {
+    if let Err(e) = receipts::check(&receipt, ticket, &ctx.me) {
+        Stats::bump(&ctx.stats.receipts_invalid);
+        warn!(reason = %e, "invalid receipt");
+        return;
+    }
+    let (seq, bytes) = (receipt.body.seq, receipt.body.bytes);
+    let book = ctx.clone();
+    match tokio::task::spawn_blocking(move || book.receipts.record(receipt)).await {
+        Ok(Ok(Recorded::New)) => {
+            Stats::bump(&ctx.stats.receipts_accepted);
+            debug!(seq, bytes, "receipt kept");
+        }
+        Ok(Ok(Recorded::Stale)) => debug!(seq, "receipt superseded by a newer one"),
+        Ok(Ok(Recorded::Regressed)) => {
+            Stats::bump(&ctx.stats.receipts_invalid);
+            warn!(seq, bytes, "receipt totals went backwards; ignored");
+        }
+        Ok(Err(e)) => error!(error = %e, "cannot append to the receipt log"),
+        Err(e) => error!(error = %e, "receipt task failed"),
+    }
+}

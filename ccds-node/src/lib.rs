@@ -1,0 +1,96 @@
+//! The CCDS participating node (PN): keeps CM-ordered fragments on its owner's disk, within a
+//! quota, and serves them to clients that hold a ticket chained to the pinned CM root.
+//!
+//! # Layout
+//!
+//! * [`datadir`]: the node's data directory (key, config, certificate, readiness file) and
+//!   `ccds-node init`.
+//! * [`serve`]: the [`Server`]: accept loops for `/ccds/store/1` and `/ccds/fetch/1`, bounded
+//!   concurrency, counters. It runs on its own (no CM needed), which is how tests drive it.
+//! * [`store`]: the `/ccds/store/1` handler: CM-signed store and delete orders.
+//! * [`fetch`]: the `/ccds/fetch/1` handler: ticket check, fragment bytes, receipt.
+//! * [`receipts`]: client receipts: checks, the latest per ticket, the append-only log.
+//! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave).
+//! * [`daemon`]: `ccds-node run`: a [`Server`] plus the control session with the CM, until
+//!   shutdown.
+//!
+//! Trust: the CM's peer ID, pinned at `init`, is the only root. Store and delete orders must
+//! be signed by it, whoever delivers them; tickets must chain to it through a partner
+//! certificate and name the stream's authenticated peer as their client.
+
+pub mod control;
+pub mod daemon;
+pub mod datadir;
+pub mod fetch;
+pub mod receipts;
+pub mod serve;
+pub mod store;
+
+use std::path::PathBuf;
+
+use overlay::identity::IdentityError;
+use overlay::net::NetError;
+use overlay::store::StoreError;
+use overlay::{Multiaddr, PeerId};
+
+pub use daemon::{RunOptions, run, shutdown_signal};
+pub use datadir::{DEFAULT_QUOTA, DataDir, InitOptions, NodeConfig, init};
+pub use serve::{Limits, ServeOptions, Server, StatsSnapshot};
+
+/// Errors that stop `ccds-node init` or `ccds-node run`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "{dir} is not initialised: run `ccds-node init --data-dir {dir} --coordinator MULTIADDR` first"
+    )]
+    NotInitialised { dir: String },
+    #[error(
+        "coordinator address {0} does not end in /p2p/<CM peer ID>; the CM's peer ID is its root key and must be pinned (copy the full address the coordinator prints)"
+    )]
+    CoordinatorWithoutPeer(Multiaddr),
+    #[error("coordinator peer ID {0} is not an Ed25519 key, so it cannot be a CM root key")]
+    CoordinatorNotEd25519(PeerId),
+    #[error(
+        "{dir} is already initialised for coordinator {existing}, not {requested}; a node belongs to one collective: use another --data-dir"
+    )]
+    OtherCoordinator {
+        dir: String,
+        existing: PeerId,
+        requested: PeerId,
+    },
+    #[error("the quota must be greater than zero bytes")]
+    ZeroQuota,
+    #[error("the heartbeat interval must be greater than zero")]
+    ZeroHeartbeat,
+    #[error("{path} is not a valid node config: {reason}; re-run `ccds-node init` to rewrite it")]
+    BadConfig { path: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("node key: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("cannot open the fragment store: {0}")]
+    Store(#[from] StoreError),
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    #[error("cannot open the receipt log {path}: {source}")]
+    ReceiptLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the coordinator issued an unusable node certificate: {0} (check that this machine's clock is right)"
+    )]
+    BadCertificate(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error("a background task failed: {0}")]
+    Task(String),
+}

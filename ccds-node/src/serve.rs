@@ -1,0 +1,331 @@
+//! The serving side of a node: accept loops for `/ccds/store/1` and `/ccds/fetch/1`.
+//!
+//! Each protocol has its own bound on concurrent streams, so a crowd of clients can never
+//! starve the CM's store orders; a stream arriving when its protocol is at the bound is
+//! dropped (the peer sees it reset and retries or moves on). Fragment bytes received from
+//! pushers are also bounded in total by a memory budget.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use overlay::net::{Net, with_peer};
+use overlay::proto::{self, MAX_FRAGMENT};
+use overlay::receipt::Receipt;
+use overlay::store::FragmentStore;
+use overlay::{Identity, Multiaddr, PeerId};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::NodeError;
+use crate::receipts::ReceiptBook;
+use crate::{fetch, store};
+
+/// Bounds on what peers can make the node do at once, and how long they may take.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Concurrent `/ccds/store/1` streams.
+    pub store_streams: usize,
+    /// Concurrent `/ccds/fetch/1` streams.
+    pub fetch_streams: usize,
+    /// Bytes of incoming fragments held in memory at once (at least one maximal fragment).
+    pub store_memory: usize,
+    /// Time for a peer to send its request header.
+    pub header_timeout: Duration,
+    /// Time for one fragment's bytes to cross the stream, either way.
+    pub transfer_timeout: Duration,
+    /// Time for a client to send its receipt after the bytes.
+    pub receipt_timeout: Duration,
+    /// Tickets whose newest receipt is kept in memory.
+    pub receipt_tickets: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            store_streams: 64,
+            fetch_streams: 256,
+            store_memory: 256 << 20,
+            header_timeout: Duration::from_secs(10),
+            transfer_timeout: Duration::from_secs(300),
+            receipt_timeout: Duration::from_secs(10),
+            receipt_tickets: 100_000,
+        }
+    }
+}
+
+/// How to start a [`Server`].
+pub struct ServeOptions {
+    /// The node's identity (its peer ID is what orders and receipts must name).
+    pub identity: Identity,
+    /// The pinned CM root: the only signer of store and delete orders and partner certificates.
+    pub cm: PeerId,
+    /// The fragment store.
+    pub store: Arc<FragmentStore>,
+    /// Where accepted receipts are appended.
+    pub receipts_log: PathBuf,
+    /// QUIC multiaddrs to listen on (port 0 picks one).
+    pub listen: Vec<Multiaddr>,
+    /// Concurrency and time bounds.
+    pub limits: Limits,
+}
+
+/// Counters of what the node has done since it started.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub stored: AtomicU64,
+    pub store_refused: AtomicU64,
+    pub deleted: AtomicU64,
+    pub served: AtomicU64,
+    pub fetch_refused: AtomicU64,
+    pub not_found: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub receipts_accepted: AtomicU64,
+    pub receipts_missing: AtomicU64,
+    pub receipts_invalid: AtomicU64,
+    pub streams_dropped: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the node's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Fragments stored on CM orders.
+    pub stored: u64,
+    /// Store or delete orders refused.
+    pub store_refused: u64,
+    /// Delete orders carried out.
+    pub deleted: u64,
+    /// Fragments served to ticket holders.
+    pub served: u64,
+    /// Fetches refused (bad ticket).
+    pub fetch_refused: u64,
+    /// Fetches of fragments not held here.
+    pub not_found: u64,
+    /// Fetches that found the local copy corrupt.
+    pub corrupt: u64,
+    /// Receipts accepted as the newest for their ticket.
+    pub receipts_accepted: u64,
+    /// Fetches after which no receipt arrived in time.
+    pub receipts_missing: u64,
+    /// Receipts refused (forged, misdirected, or regressing).
+    pub receipts_invalid: u64,
+    /// Streams dropped because their protocol was at its concurrency bound.
+    pub streams_dropped: u64,
+}
+
+/// What the handlers share.
+pub(crate) struct Context {
+    pub me: PeerId,
+    pub cm: PeerId,
+    pub store: Arc<FragmentStore>,
+    pub receipts: ReceiptBook,
+    pub stats: Stats,
+    pub limits: Limits,
+    /// Permits are bytes of incoming fragment data.
+    pub store_memory: Semaphore,
+}
+
+/// Aborts the accept loops when the server goes away.
+struct Loops(Vec<JoinHandle<()>>);
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// A node serving stores and fetches on its own swarm.
+pub struct Server {
+    net: Net,
+    ctx: Arc<Context>,
+    store_limit: Arc<Semaphore>,
+    fetch_limit: Arc<Semaphore>,
+    loops: Loops,
+}
+
+impl Server {
+    /// Starts the swarm and both accept loops; streams are served from the moment this returns.
+    pub async fn start(options: ServeOptions) -> Result<Self, NodeError> {
+        let limits = options.limits;
+        let receipts =
+            ReceiptBook::open(&options.receipts_log, limits.receipt_tickets).map_err(|source| {
+                NodeError::ReceiptLog {
+                    path: options.receipts_log.clone(),
+                    source,
+                }
+            })?;
+        let net = Net::start(&options.identity, &options.listen).await?;
+        // Accept before anything else talks to peers: libp2p-stream drops inbound streams of a
+        // protocol nobody is accepting.
+        let store_incoming = net.accept(proto::STORE)?;
+        let fetch_incoming = net.accept(proto::FETCH)?;
+        let ctx = Arc::new(Context {
+            me: options.identity.peer_id(),
+            cm: options.cm,
+            store: options.store,
+            receipts,
+            stats: Stats::default(),
+            store_memory: Semaphore::new(limits.store_memory.max(MAX_FRAGMENT)),
+            limits: limits.clone(),
+        });
+        let store_limit = Arc::new(Semaphore::new(limits.store_streams.max(1)));
+        let fetch_limit = Arc::new(Semaphore::new(limits.fetch_streams.max(1)));
+        let loops = Loops(vec![
+            tokio::spawn(accept_loop(
+                "store",
+                store_incoming,
+                store_limit.clone(),
+                ctx.clone(),
+                store::serve,
+            )),
+            tokio::spawn(accept_loop(
+                "fetch",
+                fetch_incoming,
+                fetch_limit.clone(),
+                ctx.clone(),
+                fetch::serve,
+            )),
+        ]);
+        Ok(Self {
+            net,
+            ctx,
+            store_limit,
+            fetch_limit,
+            loops,
+        })
+    }
+
+    /// The node's network handle.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The node's peer ID.
+    pub fn peer_id(&self) -> PeerId {
+        self.ctx.me
+    }
+
+    /// The node's first listen address with `/p2p/<id>`: what peers dial.
+    pub fn addr(&self) -> Multiaddr {
+        let first = self
+            .net
+            .listen_addrs()
+            .first()
+            .cloned()
+            .unwrap_or_else(Multiaddr::empty);
+        with_peer(&first, self.ctx.me)
+    }
+
+    /// The fragment store.
+    pub fn store(&self) -> &Arc<FragmentStore> {
+        &self.ctx.store
+    }
+
+    /// The newest receipt accepted for a ticket.
+    pub fn latest_receipt(&self, ticket_id: &[u8; 16]) -> Option<Receipt> {
+        self.ctx.receipts.latest(ticket_id)
+    }
+
+    /// The node's counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.ctx.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            stored: get(&s.stored),
+            store_refused: get(&s.store_refused),
+            deleted: get(&s.deleted),
+            served: get(&s.served),
+            fetch_refused: get(&s.fetch_refused),
+            not_found: get(&s.not_found),
+            corrupt: get(&s.corrupt),
+            receipts_accepted: get(&s.receipts_accepted),
+            receipts_missing: get(&s.receipts_missing),
+            receipts_invalid: get(&s.receipts_invalid),
+            streams_dropped: get(&s.streams_dropped),
+        }
+    }
+
+    /// Stops accepting streams and waits up to `grace` for the streams in flight to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        drop(self.loops);
+        let drained = tokio::time::timeout(grace, async {
+            let _ = self
+                .store_limit
+                .acquire_many(self.ctx.limits.store_streams.max(1) as u32)
+                .await;
+            let _ = self
+                .fetch_limit
+                .acquire_many(self.ctx.limits.fetch_streams.max(1) as u32)
+                .await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "streams still in flight at shutdown were cut off");
+        }
+    }
+}
+
+async fn accept_loop<S, F, Fut>(
+    name: &'static str,
+    mut incoming: S,
+    limit: Arc<Semaphore>,
+    ctx: Arc<Context>,
+    handler: F,
+) where
+    S: futures::Stream<Item = (PeerId, libp2p::Stream)> + Unpin,
+    F: Fn(Arc<Context>, PeerId, libp2p::Stream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            Stats::bump(&ctx.stats.streams_dropped);
+            warn!(protocol = name, %peer, "too many concurrent streams; dropping one");
+            drop(stream);
+            continue;
+        };
+        debug!(protocol = name, %peer, "inbound stream");
+        let work = handler(ctx.clone(), peer, stream);
+        tokio::spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Why a stream ended without a complete exchange (logged; the peer may not have heard why).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("{0}")]
+    Frame(#[from] proto::FrameError),
+    #[error("stream I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer too slow: no {what} within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+}
+
+/// Runs `work` for at most `after`, naming `what` was awaited if it takes longer.
+pub(crate) async fn within<T, E>(
+    after: Duration,
+    what: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, StreamError>
+where
+    StreamError: From<E>,
+{
+    match tokio::time::timeout(after, work).await {
+        Ok(result) => result.map_err(StreamError::from),
+        Err(_) => Err(StreamError::Timeout { what, after }),
+    }
+}

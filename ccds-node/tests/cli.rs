@@ -1,0 +1,139 @@
+//! The `ccds-node` binary: its stdout contract, its one-line errors, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use common::{scripted_cm, wait_for_file};
+use overlay::net::with_peer;
+use overlay::proto::ControlRequest;
+use overlay::{Identity, PeerId};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccds-node");
+
+fn node(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the ccds-node binary runs")
+}
+
+fn one_error_line(output: &Output) -> String {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    errors[0].to_string()
+}
+
+#[test]
+fn init_prints_the_peer_id_alone_and_errors_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let dir = dir.to_str().unwrap();
+    let cm = Identity::generate().peer_id();
+    let coordinator = format!("/ip4/127.0.0.1/udp/4000/quic-v1/p2p/{cm}");
+
+    let out = node(&[
+        "init",
+        "--data-dir",
+        dir,
+        "--coordinator",
+        &coordinator,
+        "--quota",
+        "500MB",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let id: PeerId = stdout.trim().parse().unwrap();
+    assert_eq!(stdout, format!("{id}\n"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("node/node.json")).unwrap()).unwrap();
+    assert_eq!(config["quota"], 500_000_000);
+
+    // Idempotent for the same CM: same identity.
+    let out = node(&["init", "--data-dir", dir, "--coordinator", &coordinator]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{id}\n"));
+
+    let unpinned = node(&[
+        "init",
+        "--data-dir",
+        dir,
+        "--coordinator",
+        "/ip4/127.0.0.1/udp/4000/quic-v1",
+    ]);
+    assert!(one_error_line(&unpinned).contains("/p2p/"));
+    assert!(unpinned.stdout.is_empty());
+
+    let other = format!(
+        "/ip4/127.0.0.1/udp/4000/quic-v1/p2p/{}",
+        Identity::generate().peer_id()
+    );
+    let out = node(&["init", "--data-dir", dir, "--coordinator", &other]);
+    assert!(one_error_line(&out).contains("already initialised"));
+
+    let missing = tmp.path().join("missing");
+    let out = node(&["run", "--data-dir", missing.to_str().unwrap()]);
+    assert!(one_error_line(&out).contains("ccds-node init"));
+}
+
+#[tokio::test]
+async fn sigterm_leaves_the_collective_and_exits_zero() -> anyhow::Result<()> {
+    let cm = Identity::generate();
+    let (cm_net, mut requests) = scripted_cm(cm.clone()).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("node");
+    let coordinator = with_peer(&cm_net.listen_addrs()[0], cm.peer_id()).to_string();
+    let out = node(&[
+        "init",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--coordinator",
+        &coordinator,
+    ]);
+    assert!(out.status.success());
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--heartbeat-interval",
+            "1h",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for_file(&dir.join("node.addr"), true).await?;
+    let pid = child.id().context("the node exited early")?;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .context("the node did not exit on SIGTERM")??;
+    assert!(status.success(), "{status}");
+    assert!(!dir.join("node.addr").exists());
+    let mut seen = Vec::new();
+    while let Ok((_, request)) = requests.try_recv() {
+        seen.push(request);
+    }
+    assert!(
+        seen.iter().any(|r| matches!(r, ControlRequest::Leave)),
+        "no Leave among {seen:?}"
+    );
+    Ok(())
+}
