@@ -1,1 +1,124 @@
-fn main() {}
+//! `ccds-client`: create a client key, download a ticketed content.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ccds_client::ClientError;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "ccds-client",
+    version,
+    about = "Download content from a CCDS collective"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a client key and print the client ID to give to the seller.
+    Keygen {
+        /// Where to write the key (never overwritten).
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
+    },
+    /// Download the content of a ticket (resumes an interrupted download of the same content).
+    Get {
+        /// The client key the ticket was issued to.
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// The ticket file bought from the seller.
+        #[arg(long, value_name = "FILE")]
+        ticket: PathBuf,
+        /// Where to write the content.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Most bytes per second to receive, e.g. 500KiB or 2MiB.
+        #[arg(long, value_name = "RATE", value_parser = ccds_client::parse_rate)]
+        limit_rate: Option<u64>,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,ccds_client=info")),
+        )
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        let interrupted = matches!(
+            e.downcast_ref::<ClientError>(),
+            Some(ClientError::Interrupted { .. } | ClientError::InterruptedEarly)
+        );
+        // 130: the shell's code for a process stopped by SIGINT.
+        std::process::exit(if interrupted { 130 } else { 1 });
+    }
+}
+
+/// Completes on SIGINT (ctrl-c) or SIGTERM.
+async fn stop_requested() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let peer = ccds_client::keygen(&out)?;
+            println!("{peer}");
+        }
+        Command::Get {
+            key,
+            ticket,
+            out,
+            limit_rate,
+            json,
+            no_progress,
+        } => {
+            let mut opts = ccds_client::GetOptions::new(key, ticket, out);
+            opts.limit_rate = limit_rate;
+            opts.progress = !no_progress && std::io::stderr().is_terminal();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let summary = runtime.block_on(ccds_client::get_until(&opts, stop_requested()))?;
+            eprintln!("{summary}");
+            if json {
+                println!("{}", summary.to_json());
+            }
+        }
+    }
+    Ok(())
+}

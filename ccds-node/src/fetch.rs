@@ -64,7 +64,7 @@ async fn exchange(
     span.record("ticket", field::display(hex::encode(claimed.ticket_id)));
     let ticket = match request
         .ticket
-        .verify_for(&ctx.cm, now_secs(), &claimed.content, &remote)
+        .verify_for(&ctx.cm, now_secs(), &request.content, &remote)
     {
         Ok(body) => body.clone(),
         Err(e) => {

@@ -205,6 +205,7 @@ async fn cm_signed_store_then_ticketed_fetch_returns_the_same_bytes() -> anyhow:
     let client_net = f.peer(&client).await?;
     let ticket = f.ticket(client.peer_id(), id.content);
     let request = FetchRequest {
+        content: id.content,
         ticket: ticket.clone(),
         segment: id.segment,
         index: id.index,
@@ -409,6 +410,7 @@ async fn tickets_for_another_client_or_another_root_get_no_bytes() -> anyhow::Re
     let thief = Identity::generate();
     let thief_net = f.peer(&thief).await?;
     let request = FetchRequest {
+        content: id.content,
         ticket: f.ticket(buyer.peer_id(), id.content),
         segment: id.segment,
         index: id.index,
@@ -431,6 +433,7 @@ async fn tickets_for_another_client_or_another_root_get_no_bytes() -> anyhow::Re
         3600,
     );
     let request = FetchRequest {
+        content: id.content,
         ticket: Ticket::issue(
             &f.partner,
             fake_cert,
@@ -447,6 +450,7 @@ async fn tickets_for_another_client_or_another_root_get_no_bytes() -> anyhow::Re
     let mut body = f.ticket(thief.peer_id(), id.content).signed.body;
     body.not_after = now_secs() - 10;
     let request = FetchRequest {
+        content: id.content,
         ticket: Ticket::issue(&f.partner, f.partner_cert.clone(), body),
         segment: id.segment,
         index: id.index,
@@ -490,6 +494,7 @@ async fn a_fragment_corrupted_on_disk_is_reported_not_served() -> anyhow::Result
     let client = Identity::generate();
     let client_net = f.peer(&client).await?;
     let request = FetchRequest {
+        content: id.content,
         ticket: f.ticket(client.peer_id(), id.content),
         segment: id.segment,
         index: id.index,

@@ -5,6 +5,11 @@
 //! `libp2p-stream` dials unknown peers by ID only, so an [`AddressBook`] behaviour answers the
 //! swarm's question "where is this peer?" from addresses the programs learnt (contact lists,
 //! join messages, multiaddrs given on the command line).
+//!
+//! `libp2p-stream` also hands its own dial requests to the swarm through a one-slot channel and
+//! drops them when the slot is taken (rust-libp2p #6157), so concurrent opens to unconnected
+//! peers could wait forever. [`Net::open_with`] therefore asks the swarm task to dial first,
+//! through a bounded command channel of its own; `open_stream` then rides on that connection.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -134,8 +139,15 @@ pub struct Net {
     control: libp2p_stream::Control,
     book: Book,
     listen: Arc<Vec<Multiaddr>>,
+    dial: tokio::sync::mpsc::Sender<PeerId>,
     _task: Arc<TaskGuard>,
 }
+
+/// Inbound streams of one protocol, from [`Net::accept`].
+pub use libp2p_stream::IncomingStreams;
+
+/// Pending dial requests to the swarm task.
+const DIAL_QUEUE: usize = 1024;
 
 /// Installs the process-wide TLS crypto provider. libp2p's QUIC and TLS crates pull in both
 /// ring and aws-lc-rs, and rustls refuses to guess between them.
@@ -202,9 +214,22 @@ impl Net {
         }
         let local = identity.peer_id();
         info!(peer = %local, addrs = ?addrs, "listening");
+        let (dial, mut dials) = tokio::sync::mpsc::channel::<PeerId>(DIAL_QUEUE);
         let task = tokio::spawn(async move {
             loop {
-                match swarm.select_next_some().await {
+                let event = tokio::select! {
+                    event = swarm.select_next_some() => event,
+                    Some(peer) = dials.recv() => {
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(error) = swarm.dial(opts) {
+                            debug!(%peer, %error, "dial not started");
+                        }
+                        continue;
+                    }
+                };
+                match event {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                         debug!(peer = %peer_id, "connected")
                     }
@@ -224,6 +249,7 @@ impl Net {
             control,
             book,
             listen: Arc::new(addrs),
+            dial,
             _task: Arc::new(TaskGuard(task.abort_handle())),
         })
     }
@@ -249,10 +275,7 @@ impl Net {
 
     /// Accepts inbound streams of `protocol`. The returned stream must be polled continuously
     /// (`libp2p-stream` drops inbound streams nobody is waiting for).
-    pub fn accept(
-        &self,
-        protocol: StreamProtocol,
-    ) -> Result<libp2p_stream::IncomingStreams, NetError> {
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, NetError> {
         self.control
             .clone()
             .accept(protocol.clone())
@@ -283,6 +306,8 @@ impl Net {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
+            // A full queue means dials are already pending; libp2p-stream's own request remains.
+            let _ = self.dial.try_send(peer);
             let mut control = self.control.clone();
             match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
                 Ok(Ok(stream)) => return Ok(stream),

@@ -172,6 +172,8 @@ pub enum StoreResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FetchRequest {
     pub ticket: Ticket,
+    /// The content asked for; a node serves it only if the ticket is for this content.
+    pub content: ContentId,
     pub segment: u32,
     pub index: u16,
 }

@@ -1,0 +1,346 @@
+//! A local collective for end-to-end tests: a coordinator and N node processes on loopback,
+//! real QUIC, OS-chosen ports, readiness awaited through the files each program writes.
+//! Every process is killed and every directory removed when the [`Collective`] is dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// Runs a program to completion and returns its output.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// Runs a program that must succeed; returns its trimmed stdout.
+pub fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running node process.
+pub struct Node {
+    pub dir: PathBuf,
+    pub id: String,
+    pub child: Option<Child>,
+}
+
+/// A coordinator and its nodes.
+pub struct Collective {
+    pub tmp: tempfile::TempDir,
+    pub cm_dir: PathBuf,
+    pub cm: Child,
+    pub cm_addr: String,
+    pub nodes: Vec<Node>,
+}
+
+fn spawn_logged(name: &str, args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "info,libp2p=warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+impl Collective {
+    /// Starts a coordinator with partner `acme` and `n` nodes, and waits until all are online.
+    pub fn start(n: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let cm_dir = tmp.path().join("cm");
+        let cm_str = cm_dir.to_str().unwrap();
+        run_ok("cm-coordinator", &["init", "--data-dir", cm_str]);
+        run_ok(
+            "cm-coordinator",
+            &["partner", "add", "acme", "--data-dir", cm_str],
+        );
+        let cm = spawn_logged(
+            "cm-coordinator",
+            &["run", "--data-dir", cm_str],
+            &tmp.path().join("cm.log"),
+        );
+        let addr_file = cm_dir.join("coordinator.addr");
+        wait_for("the coordinator address", Duration::from_secs(30), || {
+            addr_file.exists()
+        });
+        let cm_addr = std::fs::read_to_string(&addr_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut collective = Self {
+            tmp,
+            cm_dir,
+            cm,
+            cm_addr,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            collective.add_node(i);
+        }
+        collective.wait_online(n);
+        collective
+    }
+
+    fn add_node(&mut self, i: usize) {
+        let dir = self.tmp.path().join(format!("node{i}"));
+        let d = dir.to_str().unwrap();
+        let id = run_ok(
+            "ccds-node",
+            &[
+                "init",
+                "--data-dir",
+                d,
+                "--coordinator",
+                &self.cm_addr,
+                "--quota",
+                "1GiB",
+            ],
+        );
+        let child = spawn_logged(
+            "ccds-node",
+            &["run", "--data-dir", d, "--heartbeat-interval", "2s"],
+            &self.tmp.path().join(format!("node{i}.log")),
+        );
+        let ready = dir.join("node.addr");
+        wait_for("a node to join", Duration::from_secs(30), || ready.exists());
+        self.nodes.push(Node {
+            dir,
+            id,
+            child: Some(child),
+        });
+    }
+
+    /// The coordinator data directory as a string.
+    pub fn cm(&self) -> &str {
+        self.cm_dir.to_str().unwrap()
+    }
+
+    /// Node list as the coordinator reports it.
+    pub fn nodes_json(&self) -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            "cm-coordinator",
+            &["nodes", "--data-dir", self.cm(), "--json"],
+        ))
+        .unwrap()
+    }
+
+    /// Waits until the coordinator counts `n` nodes online.
+    pub fn wait_online(&self, n: usize) {
+        wait_for("nodes online", Duration::from_secs(30), || {
+            self.nodes_json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["online"] == true)
+                .count()
+                >= n
+        });
+    }
+
+    /// A path inside the collective's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Writes `size` pseudo-random bytes (seeded) to a file and returns its path.
+    pub fn make_file(&self, name: &str, size: usize, seed: u64) -> PathBuf {
+        let path = self.path(name);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut data = Vec::with_capacity(size);
+        while data.len() < size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            data.extend_from_slice(&state.to_le_bytes());
+        }
+        data.truncate(size);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// Publishes a file; returns the content ID.
+    pub fn publish(&self, file: &Path, k: u8, m: u8, segment: &str) -> String {
+        run_ok(
+            "cm-coordinator",
+            &[
+                "publish",
+                "--data-dir",
+                self.cm(),
+                "--partner",
+                "acme",
+                "--data-shards",
+                &k.to_string(),
+                "--parity-shards",
+                &m.to_string(),
+                "--segment-size",
+                segment,
+                file.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// Creates a client key; returns (key path, client ID).
+    pub fn client(&self, name: &str) -> (PathBuf, String) {
+        let key = self.path(&format!("{name}.key"));
+        let id = run_ok("ccds-client", &["keygen", "--out", key.to_str().unwrap()]);
+        (key, id)
+    }
+
+    /// Issues a ticket for `client` to `content`; returns the ticket file path.
+    pub fn ticket(&self, content: &str, client: &str, expires: &str) -> PathBuf {
+        let out = self.path(&format!(
+            "{}-{}.ticket",
+            &content[..8],
+            &client[client.len() - 8..]
+        ));
+        run_ok(
+            "cm-coordinator",
+            &[
+                "ticket",
+                "--data-dir",
+                self.cm(),
+                "--partner",
+                "acme",
+                "--content",
+                content,
+                "--client",
+                client,
+                "--expires",
+                expires,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        out
+    }
+
+    /// Runs `ccds-client get --json`; returns the output and the parsed summary on success.
+    pub fn get(
+        &self,
+        key: &Path,
+        ticket: &Path,
+        out: &Path,
+        extra: &[&str],
+    ) -> (Output, Option<serde_json::Value>) {
+        let mut args = vec![
+            "get",
+            "--key",
+            key.to_str().unwrap(),
+            "--ticket",
+            ticket.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        let output = run("ccds-client", &args);
+        let summary = output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("client --json summary"));
+        (output, summary)
+    }
+
+    /// Kills node `i` with SIGKILL (no leave message: the node just vanishes).
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Problem reports held by the coordinator.
+    pub fn reports(&self) -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            "cm-coordinator",
+            &["reports", "--data-dir", self.cm(), "--json"],
+        ))
+        .unwrap()
+    }
+
+    /// The coordinator's peer ID.
+    pub fn cm_id(&self) -> &str {
+        self.cm_addr.rsplit('/').next().unwrap()
+    }
+}
+
+impl Drop for Collective {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = self.cm.kill();
+        let _ = self.cm.wait();
+        if std::thread::panicking() {
+            // Keep the logs of a failed test visible.
+            for entry in std::fs::read_dir(self.tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    eprintln!("---- {} (last lines) ----", path.display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// BLAKE3 of a file, for byte-identity checks.
+pub fn file_hash(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hasher.finalize()
+}

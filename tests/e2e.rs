@@ -1,0 +1,353 @@
+//! End-to-end: a real coordinator and real node processes on loopback QUIC, driven through the
+//! command-line programs exactly as a user would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Collective, file_hash, run, wait_for};
+
+#[test]
+fn round_trips_are_byte_identical_for_every_size() {
+    let c = Collective::start(12);
+    let (key, client) = c.client("alice");
+    // 0 B, 1 B, not a multiple of the segment (1 MiB here), and 64 MiB.
+    for (i, size) in [0usize, 1, 3 * (1 << 20) + 17, 64 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let file = c.make_file(&format!("in{i}"), size, i as u64);
+        let content = c.publish(&file, 8, 4, "1MiB");
+        assert_eq!(content.len(), 64, "publish prints the content ID alone");
+        let ticket = c.ticket(&content, &client, "1h");
+        let out = c.path(&format!("out{i}"));
+        let (output, summary) = c.get(&key, &ticket, &out, &[]);
+        assert!(
+            output.status.success(),
+            "download of {size} bytes failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), size as u64);
+        assert_eq!(file_hash(&out), file_hash(&file), "size {size}");
+        let summary = summary.unwrap();
+        assert_eq!(summary["bytes"], size as u64);
+        assert_eq!(summary["corrupt_reports"], 0);
+        // Fragments came from many nodes in parallel, not one.
+        if size >= 1 << 20 {
+            assert!(summary["per_node"].as_object().unwrap().len() >= 8);
+        }
+    }
+    // Placements were recorded for every node.
+    let nodes = c.nodes_json();
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["fragments"].as_u64().unwrap() > 0)
+    );
+}
+
+#[test]
+fn survives_m_holders_killed_before_the_download() {
+    let mut c = Collective::start(12);
+    let (key, client) = c.client("bob");
+    let file = c.make_file("in", 5 << 20, 7);
+    // k + m = 12 on 12 nodes: every node holds a fragment of every segment.
+    let content = c.publish(&file, 8, 4, "1MiB");
+    for i in [0, 3, 6, 9] {
+        c.kill_node(i);
+    }
+    let ticket = c.ticket(&content, &client, "1h");
+    let out = c.path("out");
+    let (output, summary) = c.get(&key, &ticket, &out, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(file_hash(&out), file_hash(&file));
+    let summary = summary.unwrap();
+    for i in [0, 3, 6, 9] {
+        assert!(
+            summary["per_node"].get(&c.nodes[i].id).is_none(),
+            "dead node served"
+        );
+    }
+}
+
+#[test]
+fn survives_m_holders_killed_during_the_download() {
+    let mut c = Collective::start(12);
+    let (key, client) = c.client("carol");
+    let file = c.make_file("in", 24 << 20, 8);
+    let content = c.publish(&file, 8, 4, "1MiB");
+    let ticket = c.ticket(&content, &client, "1h");
+    let out = c.path("out");
+    let child = std::process::Command::new(common::bin("ccds-client"))
+        .args([
+            "get",
+            "--key",
+            key.to_str().unwrap(),
+            "--ticket",
+            ticket.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "--no-progress",
+            "--limit-rate",
+            "8MiB",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = c.path("out.part");
+    wait_for("the download to start", Duration::from_secs(30), || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in [1, 4, 7, 10] {
+        c.kill_node(i);
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(file_hash(&out), file_hash(&file));
+}
+
+#[test]
+fn corrupt_fragments_on_disk_are_reported_and_bypassed() {
+    let c = Collective::start(12);
+    let (key, client) = c.client("dave");
+    let file = c.make_file("in", 3 << 20, 9);
+    let content = c.publish(&file, 8, 4, "1MiB");
+    // Flip one byte in every fragment node 2 holds.
+    let victim = &c.nodes[2];
+    let mut corrupted = 0;
+    for entry in walk(&victim.dir.join("fragments")) {
+        let mut raw = std::fs::read(&entry).unwrap();
+        let at = raw.len() / 2;
+        raw[at] ^= 0x5a;
+        std::fs::write(&entry, raw).unwrap();
+        corrupted += 1;
+    }
+    assert!(corrupted > 0, "node 2 holds fragments");
+    let ticket = c.ticket(&content, &client, "1h");
+    let out = c.path("out");
+    // Node 2 is among the first k holders tried for some segment with high probability; make it
+    // certain by downloading until a report names it (each run shuffles holders anew).
+    let mut reported = false;
+    for attempt in 0..5 {
+        let _ = std::fs::remove_file(&out);
+        let (output, _) = c.get(&key, &ticket, &out, &[]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(file_hash(&out), file_hash(&file), "attempt {attempt}");
+        reported = c.reports().as_array().unwrap().iter().any(|r| {
+            r["kind"] == "corrupt"
+                && r["node"] == victim.id.as_str()
+                && r["content"] == content.as_str()
+        });
+        if reported {
+            break;
+        }
+    }
+    assert!(
+        reported,
+        "the coordinator holds a corruption report naming the node"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn interrupted_download_resumes_without_refetching() {
+    let c = Collective::start(12);
+    let (key, client) = c.client("erin");
+    let file = c.make_file("in", 32 << 20, 10);
+    let content = c.publish(&file, 8, 4, "1MiB");
+    let ticket = c.ticket(&content, &client, "1h");
+    let out = c.path("out");
+    let mut child = std::process::Command::new(common::bin("ccds-client"))
+        .args([
+            "get",
+            "--key",
+            key.to_str().unwrap(),
+            "--ticket",
+            ticket.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--no-progress",
+            "--limit-rate",
+            "4MiB",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = c.path("out.part.state");
+    wait_for("some segments to finish", Duration::from_secs(60), || {
+        finished_segments(&state) >= 4
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = finished_segments(&state);
+    assert!(done_before < 32, "the client was killed halfway");
+    let (output, summary) = c.get(&key, &ticket, &out, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(file_hash(&out), file_hash(&file));
+    let summary = summary.unwrap();
+    let resumed = summary["segments_resumed"].as_u64().unwrap() as usize;
+    assert!(
+        resumed >= done_before,
+        "resumed {resumed}, {done_before} were finished"
+    );
+    assert_eq!(
+        summary["segments_fetched"].as_u64().unwrap() as usize,
+        32 - resumed
+    );
+    assert!(!state.exists(), "the state file is removed when done");
+}
+
+/// Number of segments the client's resume state records as finished.
+fn finished_segments(state: &std::path::Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(state) else {
+        return 0;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return 0;
+    };
+    // Finished segments are kept as half-open ranges [start, end).
+    json["done"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap()) as usize)
+        .sum()
+}
+
+#[test]
+fn bad_command_line_input_gives_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    std::fs::write(d.join("garbage"), "not a key").unwrap();
+    std::fs::write(d.join("bad.ticket"), "{ nope").unwrap();
+    let cm = p("cm");
+    common::run_ok("cm-coordinator", &["init", "--data-dir", &cm]);
+    let key = p("k.key");
+    common::run_ok("ccds-client", &["keygen", "--out", &key]);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "ccds-client",
+            vec![
+                "get".into(),
+                "--key".into(),
+                p("garbage"),
+                "--ticket".into(),
+                p("bad.ticket"),
+                "--out".into(),
+                p("o"),
+            ],
+        ),
+        (
+            "ccds-client",
+            vec![
+                "get".into(),
+                "--key".into(),
+                key.clone(),
+                "--ticket".into(),
+                p("bad.ticket"),
+                "--out".into(),
+                p("o"),
+            ],
+        ),
+        (
+            "ccds-client",
+            vec![
+                "get".into(),
+                "--key".into(),
+                key.clone(),
+                "--ticket".into(),
+                p("missing.ticket"),
+                "--out".into(),
+                p("o"),
+            ],
+        ),
+        (
+            "ccds-client",
+            vec!["keygen".into(), "--out".into(), key.clone()],
+        ),
+        (
+            "cm-coordinator",
+            vec!["nodes".into(), "--data-dir".into(), cm.clone()],
+        ),
+        (
+            "cm-coordinator",
+            vec![
+                "publish".into(),
+                "--data-dir".into(),
+                cm.clone(),
+                "--partner".into(),
+                "acme".into(),
+                p("missing-file"),
+            ],
+        ),
+        (
+            "cm-coordinator",
+            vec!["nodes".into(), "--data-dir".into(), p("never-initialised")],
+        ),
+        (
+            "ccds-node",
+            vec!["run".into(), "--data-dir".into(), p("no-node")],
+        ),
+        (
+            "ccds-node",
+            vec![
+                "init".into(),
+                "--data-dir".into(),
+                p("n"),
+                "--coordinator".into(),
+                "/ip4/127.0.0.1/udp/1/quic-v1".into(),
+            ],
+        ),
+    ];
+    for (program, args) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(program, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{program} {args:?} succeeded");
+        assert!(
+            !stderr.contains("panicked"),
+            "{program} {args:?} panicked: {stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{program} {args:?}: expected one line, got: {stderr}"
+        );
+    }
+}
