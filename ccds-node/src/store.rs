@@ -46,6 +46,8 @@ pub enum Refusal {
     Quota { needed: u64, used: u64, quota: u64 },
     #[error("hash mismatch: the fragment data does not match the order's hash")]
     HashMismatch,
+    #[error("stale order: issued at {issued}, now {now} (orders are valid for a day)")]
+    Stale { issued: u64, now: u64 },
     #[error("storage error on the node: {0}")]
     Storage(String),
 }
@@ -54,15 +56,19 @@ fn check_signed<'a, T>(
     order: &'a Signed<T>,
     cm: &PeerId,
     me: &PeerId,
-    node: impl Fn(&T) -> PeerId,
+    node: impl Fn(&T) -> (PeerId, u64),
 ) -> Result<&'a T, Refusal>
 where
     T: Serialize + DeserializeOwned + Domain,
 {
     let body = order.verify_by(cm).map_err(Refusal::Signature)?;
-    let ordered = node(body);
+    let (ordered, issued) = node(body);
     if &ordered != me {
         return Err(Refusal::NotForThisNode { ordered, me: *me });
+    }
+    let now = overlay::time::now_secs();
+    if !proto::order_is_fresh(issued, now) {
+        return Err(Refusal::Stale { issued, now });
     }
     Ok(body)
 }
@@ -73,7 +79,7 @@ pub fn check_store_order<'a>(
     cm: &PeerId,
     me: &PeerId,
 ) -> Result<&'a StoreOrder, Refusal> {
-    let body = check_signed(order, cm, me, |o| o.node)?;
+    let body = check_signed(order, cm, me, |o| (o.node, o.issued))?;
     if body.len as usize > MAX_FRAGMENT {
         return Err(Refusal::TooLarge {
             len: body.len.into(),
@@ -89,7 +95,7 @@ pub fn check_delete_order<'a>(
     cm: &PeerId,
     me: &PeerId,
 ) -> Result<&'a DeleteOrder, Refusal> {
-    check_signed(order, cm, me, |o| o.node)
+    check_signed(order, cm, me, |o| (o.node, o.issued))
 }
 
 /// Serves one inbound `/ccds/store/1` stream.
@@ -274,9 +280,35 @@ mod tests {
                 },
                 hash: [0; 32],
                 len,
-                issued: 0,
+                issued: overlay::time::now_secs(),
             },
         )
+    }
+
+    #[test]
+    fn replayed_old_orders_and_orders_from_the_future_are_refused() {
+        let cm = Identity::generate();
+        let me = Identity::generate().peer_id();
+        let now = overlay::time::now_secs();
+        for issued in [now - proto::MAX_ORDER_AGE_SECS - 10, now + 3600] {
+            let mut body = order(&cm, me, 10).body;
+            body.issued = issued;
+            let stale = Signed::sign(&cm, body);
+            let err = check_store_order(&stale, &cm.peer_id(), &me).unwrap_err();
+            assert!(matches!(err, Refusal::Stale { .. }), "{err}");
+            let delete = Signed::sign(
+                &cm,
+                DeleteOrder {
+                    node: me,
+                    fragments: vec![],
+                    issued,
+                },
+            );
+            assert!(matches!(
+                check_delete_order(&delete, &cm.peer_id(), &me),
+                Err(Refusal::Stale { .. })
+            ));
+        }
     }
 
     #[test]
@@ -314,7 +346,7 @@ mod tests {
             DeleteOrder {
                 node: me,
                 fragments: vec![],
-                issued: 0,
+                issued: overlay::time::now_secs(),
             },
         );
         assert!(matches!(

@@ -126,6 +126,17 @@ pub enum ControlResponse {
 
 // ---- /ccds/store/1 ---------------------------------------------------------------------------
 
+/// How old a CM order may be when a node executes it: a replayed old order is refused.
+pub const MAX_ORDER_AGE_SECS: u64 = 24 * 3600;
+/// How far in the future an order's time may lie (clock skew between CM and node).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// Whether an order issued at `issued` may be executed at `now`.
+pub fn order_is_fresh(issued: u64, now: u64) -> bool {
+    issued <= now.saturating_add(MAX_CLOCK_SKEW_SECS)
+        && now.saturating_sub(issued) <= MAX_ORDER_AGE_SECS
+}
+
 /// The CM's order to store one fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreOrder {
