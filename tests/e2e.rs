@@ -49,6 +49,27 @@ fn round_trips_are_byte_identical_for_every_size() {
 }
 
 #[test]
+fn http_api_reports_health_and_nodes() {
+    let c = Collective::start(2);
+    let (status, health) = c.http_get("/healthz");
+    assert_eq!(status, 200);
+    assert_eq!(health["nodes_online"], 2);
+    let (status, nodes) = c.http_get("/api/v1/nodes");
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    for node in &c.nodes {
+        assert!(ids.contains(&node.id.as_str()));
+    }
+    let (status, _) = c.http_get("/api/v1/no-such-thing");
+    assert_eq!(status, 404);
+}
+
+#[test]
 fn survives_m_holders_killed_before_the_download() {
     let mut c = Collective::start(12);
     let (key, client) = c.client("bob");
@@ -84,24 +105,7 @@ fn survives_m_holders_killed_during_the_download() {
     let content = c.publish(&file, 8, 4, "1MiB");
     let ticket = c.ticket(&content, &client, "1h");
     let out = c.path("out");
-    let child = std::process::Command::new(common::bin("ccds-client"))
-        .args([
-            "get",
-            "--key",
-            key.to_str().unwrap(),
-            "--ticket",
-            ticket.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-            "--no-progress",
-            "--limit-rate",
-            "8MiB",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.spawn_get(&key, &ticket, &out, &["--limit-rate", "8MiB"]);
     let partial = c.path("out.part");
     wait_for("the download to start", Duration::from_secs(30), || {
         std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
@@ -186,23 +190,7 @@ fn interrupted_download_resumes_without_refetching() {
     let content = c.publish(&file, 8, 4, "1MiB");
     let ticket = c.ticket(&content, &client, "1h");
     let out = c.path("out");
-    let mut child = std::process::Command::new(common::bin("ccds-client"))
-        .args([
-            "get",
-            "--key",
-            key.to_str().unwrap(),
-            "--ticket",
-            ticket.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--no-progress",
-            "--limit-rate",
-            "4MiB",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = c.spawn_get(&key, &ticket, &out, &["--limit-rate", "4MiB"]);
     let state = c.path("out.part.state");
     wait_for("some segments to finish", Duration::from_secs(60), || {
         finished_segments(&state) >= 4

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use ccds_client::ClientError;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -52,14 +51,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,ccds_client=info")),
-        )
-        .init();
+    overlay::logging::init("warn,ccds_client=info");
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
         let interrupted = matches!(

@@ -1,6 +1,5 @@
 //! `ccds-node`: the CCDS participating node daemon.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +9,6 @@ use ccds_node::daemon::DEFAULT_LISTEN;
 use ccds_node::{InitOptions, RunOptions};
 use clap::{Parser, Subcommand};
 use overlay::Multiaddr;
-use tracing_subscriber::EnvFilter;
 
 /// Lends this machine's idle disk and upload bandwidth to a CCDS collective.
 #[derive(Parser)]
@@ -51,13 +49,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    overlay::logging::init("info,libp2p=warn");
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -36,6 +36,11 @@ impl DataDir {
         self.root.join("coordinator.addr")
     }
 
+    /// Written by `run --http` once listening: the HTTP API's socket address.
+    pub fn http_addr_file(&self) -> PathBuf {
+        self.root.join("http.addr")
+    }
+
     /// The local admin socket of a running coordinator.
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")

@@ -8,11 +8,13 @@
 //! * [`registry`]: which nodes are online now (in memory; history goes to the database).
 //! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
 //! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
+//! * [`http`]: the HTTP API (`run --http`): health and read-only operator views.
 //! * [`admin`]: the admin socket protocol, and its client used by the CLI commands.
 
 pub mod admin;
 pub mod datadir;
 pub mod db;
+pub mod http;
 pub mod publish;
 pub mod registry;
 pub mod server;

@@ -34,6 +34,9 @@ enum Command {
         /// QUIC listen address.
         #[arg(long, default_value = "/ip4/127.0.0.1/udp/0/quic-v1")]
         listen: overlay::Multiaddr,
+        /// Serve the HTTP API (health, nodes, reports as JSON) on this address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
         /// Take a node off the active list after this long without a heartbeat.
         #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
         node_timeout: Duration,
@@ -110,14 +113,7 @@ enum PartnerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p=warn,sqlx=warn".into()),
-        )
-        .init();
+    overlay::logging::init("info,libp2p=warn,sqlx=warn");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,10 +141,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Run {
             data_dir,
             listen,
+            http,
             node_timeout,
         } => {
             let config = RunConfig {
                 listen,
+                http,
                 node_timeout,
             };
             server::run(DataDir::new(&data_dir), config, shutdown_signal()).await?;

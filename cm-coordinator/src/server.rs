@@ -39,6 +39,8 @@ const MAX_STREAMS: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub listen: Multiaddr,
+    /// Where to serve the HTTP API, if anywhere.
+    pub http: Option<std::net::SocketAddr>,
     /// A node silent for longer than this is taken off the active list.
     pub node_timeout: Duration,
 }
@@ -91,11 +93,20 @@ pub async fn run(
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
     tokio::spawn(admin_loop(coord.clone(), admin));
     tokio::spawn(expiry_loop(coord.clone(), config.node_timeout));
+    if let Some(http) = config.http {
+        let bound = crate::http::serve(coord.clone(), http).await?;
+        overlay::store::write_atomic(
+            &dir.http_addr_file(),
+            format!("{bound}\n").as_bytes(),
+            false,
+        )?;
+    }
     overlay::store::write_atomic(&dir.addr_file(), format!("{addr}\n").as_bytes(), false)?;
     info!(%addr, "coordinator running");
     shutdown.await;
     info!("shutting down");
     let _ = std::fs::remove_file(dir.addr_file());
+    let _ = std::fs::remove_file(dir.http_addr_file());
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -386,7 +397,8 @@ async fn admin_loop(coord: Arc<Coordinator>, listener: UnixListener) {
     }
 }
 
-async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<serde_json::Value> {
+/// Executes one admin request (shared by the admin socket and the HTTP API).
+pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<serde_json::Value> {
     match req {
         AdminRequest::Nodes => {
             let rows = coord.db.nodes().await?;

@@ -10,6 +10,7 @@
 //! * [`store`]: the fragment store on a node's disk (atomic writes, quota, hash check, LRU cache).
 //! * [`proto`]: the wire messages of every protocol and their length-checked framing (no I/O state).
 //! * [`net`]: the libp2p swarm over QUIC, exposed as a cloneable [`net::Net`] handle.
+//! * [`logging`]: the programs' shared `tracing` setup.
 //! * [`receipt`]: client-signed receipts and completion reports.
 //!
 //! Signed objects are encoded with postcard (deterministic for the plain structs used here) and
@@ -18,6 +19,7 @@
 pub mod cert;
 pub mod codec;
 pub mod identity;
+pub mod logging;
 pub mod manifest;
 pub mod net;
 pub mod proto;

@@ -95,7 +95,7 @@ impl Collective {
         );
         let cm = spawn_logged(
             "cm-coordinator",
-            &["run", "--data-dir", cm_str],
+            &["run", "--data-dir", cm_str, "--http", "127.0.0.1:0"],
             &tmp.path().join("cm.log"),
         );
         let addr_file = cm_dir.join("coordinator.addr");
@@ -255,6 +255,23 @@ impl Collective {
         out
     }
 
+    /// Starts `ccds-client get --json --no-progress` with output piped.
+    pub fn spawn_get(&self, key: &Path, ticket: &Path, out: &Path, extra: &[&str]) -> Child {
+        Command::new(bin("ccds-client"))
+            .args(["get", "--json", "--no-progress", "--key"])
+            .arg(key)
+            .arg("--ticket")
+            .arg(ticket)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start ccds-client")
+    }
+
     /// Runs `ccds-client get --json`; returns the output and the parsed summary on success.
     pub fn get(
         &self,
@@ -263,19 +280,10 @@ impl Collective {
         out: &Path,
         extra: &[&str],
     ) -> (Output, Option<serde_json::Value>) {
-        let mut args = vec![
-            "get",
-            "--key",
-            key.to_str().unwrap(),
-            "--ticket",
-            ticket.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-            "--no-progress",
-        ];
-        args.extend_from_slice(extra);
-        let output = run("ccds-client", &args);
+        let output = self
+            .spawn_get(key, ticket, out, extra)
+            .wait_with_output()
+            .unwrap();
         let summary = output
             .status
             .success()
@@ -298,6 +306,26 @@ impl Collective {
             &["reports", "--data-dir", self.cm(), "--json"],
         ))
         .unwrap()
+    }
+
+    /// GETs `path` from the coordinator's HTTP API; returns (status, JSON body).
+    pub fn http_get(&self, path: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.cm_dir.join("http.addr")).unwrap();
+        let mut conn = std::net::TcpStream::connect(addr.trim()).unwrap();
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The coordinator's peer ID.
