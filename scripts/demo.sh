@@ -30,11 +30,12 @@ fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "== building (release)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bins
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
 BIN=$CARGO_TARGET_DIR/release
 
 WORK=$(mktemp -d -t ccds-demo.XXXXXX)
 PIDS=()
+NODE_PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -60,7 +61,7 @@ CM=$(cat "$WORK/cm/coordinator.addr")
 for i in $(seq 1 "$NODES"); do
   # Each node on its own loopback address, as if on its own home network.
   "$BIN/ccds-node" init --data-dir "$WORK/node$i" --coordinator "$CM" --quota 20GiB >/dev/null
-  "$BIN/ccds-node" run --data-dir "$WORK/node$i" --listen "/ip4/127.0.$i.1/udp/0/quic-v1" 2>"$WORK/node$i.log" & PIDS+=($!)
+  "$BIN/ccds-node" run --data-dir "$WORK/node$i" --listen "/ip4/127.0.$i.1/udp/0/quic-v1" 2>"$WORK/node$i.log" & PIDS+=($!) NODE_PIDS+=($!)
 done
 for i in $(seq 1 "$NODES"); do wait_file "$WORK/node$i/node.addr" "node $i"; done
 
@@ -86,9 +87,15 @@ if [ -x /usr/bin/time ]; then TIME=(/usr/bin/time -f "%M" -o "$WORK/client.rss")
   --out "$WORK/download.bin" --json >"$WORK/summary.json"
 
 if cmp -s "$FILE" "$WORK/download.bin"; then VERIFIED=yes; else VERIFIED=NO; fi
-python3 - "$WORK/summary.json" "$WORK/client.rss" "$VERIFIED" <<'PY'
+NODE_RSS=0 # the largest peak resident set of any node, in KiB (Linux)
+for pid in "${NODE_PIDS[@]}"; do
+  kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  [ "${kib:-0}" -gt "$NODE_RSS" ] && NODE_RSS=$kib
+done
+python3 - "$WORK/summary.json" "$WORK/client.rss" "$VERIFIED" "$NODE_RSS" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+node_rss = int(sys.argv[4]) / 1024
 rss = int(open(sys.argv[2]).read().split()[-1]) / 1024
 mb = s["bytes"] / 1e6
 print(f"== summary")
@@ -97,6 +104,8 @@ print(f"   time        {s['seconds']:.2f} s")
 print(f"   throughput  {mb / max(s['seconds'], 1e-9):.1f} MB/s")
 if rss:
     print(f"   client RSS  {rss:.1f} MiB (peak)")
+if node_rss:
+    print(f"   node RSS    {node_rss:.1f} MiB (peak of the largest node)")
 print(f"   verified    {sys.argv[3]} (byte-identical)")
 print(f"   bytes per node:")
 for node, b in sorted(s["per_node"].items(), key=lambda kv: -kv[1]):
