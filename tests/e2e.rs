@@ -114,6 +114,10 @@ fn survives_m_holders_killed_during_the_download() {
     for i in [1, 4, 7, 10] {
         c.kill_node(i);
     }
+    assert!(
+        !out.exists(),
+        "the holders were killed while the download was running"
+    );
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
