@@ -70,6 +70,18 @@ fn http_api_reports_health_and_nodes() {
 }
 
 #[test]
+fn a_second_node_daemon_on_one_data_directory_is_refused() {
+    let c = Collective::start(1);
+    let dir = c.nodes[0].dir.to_str().unwrap();
+    let out = run("ccds-node", &["run", "--data-dir", dir]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    // The first daemon is unaffected.
+    c.wait_online(1);
+}
+
+#[test]
 fn survives_m_holders_killed_before_the_download() {
     let mut c = Collective::start(12);
     let (key, client) = c.client("bob");

@@ -77,6 +77,18 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     }
     let dir = DataDir::new(&options.data_dir);
     let (identity, config) = dir.load()?;
+    // One daemon per data directory: two would share a store and a quota they each count alone.
+    // The lock is released by the kernel when the process ends, however it ends.
+    let lock_path = options.data_dir.join("run.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|source| NodeError::Write {
+        path: lock_path.display().to_string(),
+        source,
+    })?;
+    if lock.try_lock().is_err() {
+        return Err(NodeError::AlreadyRunning {
+            dir: options.data_dir.display().to_string(),
+        });
+    }
     let (cm, cm_addr) = config.coordinator_peer()?;
     let fragments = dir.fragments();
     let (quota, cache) = (config.quota, options.cache_bytes);

@@ -44,6 +44,8 @@ pub enum NodeError {
         "{dir} is not initialised: run `ccds-node init --data-dir {dir} --coordinator MULTIADDR` first"
     )]
     NotInitialised { dir: String },
+    #[error("another ccds-node is already running on {dir}")]
+    AlreadyRunning { dir: String },
     #[error(
         "coordinator address {0} does not end in /p2p/<CM peer ID>; the CM's peer ID is its root key and must be pinned (copy the full address the coordinator prints)"
     )]
