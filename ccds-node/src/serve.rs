@@ -171,6 +171,7 @@ impl Server {
         // protocol nobody is accepting.
         let store_incoming = net.accept(proto::STORE)?;
         let fetch_incoming = net.accept(proto::FETCH)?;
+        let probe_incoming = net.accept(proto::PROBE)?;
         let ctx = Arc::new(Context {
             me: options.identity.peer_id(),
             cm: options.cm,
@@ -196,6 +197,13 @@ impl Server {
                 fetch_limit.clone(),
                 ctx.clone(),
                 fetch::serve,
+            )),
+            tokio::spawn(accept_loop(
+                "probe",
+                probe_incoming,
+                Arc::new(Semaphore::new(PROBE_STREAMS)),
+                ctx.clone(),
+                answer_probe,
             )),
         ]);
         Ok(Self {
@@ -274,6 +282,21 @@ impl Server {
         if drained.is_err() {
             warn!(?grace, "streams still in flight at shutdown were cut off");
         }
+    }
+}
+
+/// Concurrent liveness probes answered; more are dropped (the CM retries).
+const PROBE_STREAMS: usize = 16;
+
+async fn answer_probe(ctx: Arc<Context>, peer: PeerId, mut stream: libp2p::Stream) {
+    let answered = within(ctx.limits.header_timeout, "probe nonce", async {
+        proto::answer_probe(&mut stream)
+            .await
+            .map_err(StreamError::from)
+    })
+    .await;
+    if let Err(e) = answered {
+        debug!(%peer, error = %e, "probe not answered");
     }
 }
 

@@ -31,6 +31,8 @@ pub enum AdminRequest {
         allowance: Option<u64>,
     },
     Reports,
+    /// Liveness counters.
+    Liveness,
 }
 
 /// The coordinator's answer.

@@ -21,6 +21,7 @@ pub fn router(coord: Arc<Coordinator>) -> Router {
         .route("/healthz", get(health))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/reports", get(reports))
+        .route("/api/v1/liveness", get(liveness))
         .with_state(coord)
 }
 
@@ -64,4 +65,8 @@ async fn nodes(State(coord): State<Arc<Coordinator>>) -> Response {
 
 async fn reports(State(coord): State<Arc<Coordinator>>) -> Response {
     answer(admin(&coord, AdminRequest::Reports).await)
+}
+
+async fn liveness(State(coord): State<Arc<Coordinator>>) -> Response {
+    answer(admin(&coord, AdminRequest::Liveness).await)
 }

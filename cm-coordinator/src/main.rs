@@ -37,9 +37,16 @@ enum Command {
         /// Serve the HTTP API (health, nodes, reports as JSON) on this address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
-        /// Take a node off the active list after this long without a heartbeat.
+        /// Check a node (probe it) after this long without a heartbeat.
         #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
         node_timeout: Duration,
+        /// Wait between the first and second probe of a node under check; doubled after each
+        /// further failure.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        probe_interval: Duration,
+        /// Failed probes before a node is marked offline.
+        #[arg(long, default_value_t = 3)]
+        probe_attempts: u32,
     },
     /// List registered nodes (asks the running coordinator).
     Nodes {
@@ -143,11 +150,20 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             listen,
             http,
             node_timeout,
+            probe_interval,
+            probe_attempts,
         } => {
             let config = RunConfig {
                 listen,
                 http,
-                node_timeout,
+                liveness: cm_coordinator::liveness::LivenessConfig {
+                    heartbeat_timeout: node_timeout,
+                    probe_attempts: probe_attempts.max(1),
+                    probe_backoff: probe_interval,
+                    ..Default::default()
+                },
+                probe_timeout: probe_interval
+                    .clamp(Duration::from_millis(500), Duration::from_secs(10)),
             };
             server::run(DataDir::new(&data_dir), config, shutdown_signal()).await?;
         }

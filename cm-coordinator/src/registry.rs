@@ -1,9 +1,9 @@
-//! Which nodes are online now. Liveness lives in memory (it changes every second at scale);
-//! the database keeps the history (sessions) and the last known addresses.
+//! What the coordinator knows of the nodes on the active list (addresses, capacity); whether a
+//! node is on it is decided by [`crate::liveness`]. The database keeps the history (sessions).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use overlay::{Multiaddr, PeerId};
 
@@ -62,20 +62,6 @@ impl Registry {
     pub fn online(&self) -> Vec<OnlineNode> {
         self.lock().values().cloned().collect()
     }
-
-    /// Removes and returns the nodes silent for longer than `timeout`.
-    pub fn expire(&self, now: Instant, timeout: Duration) -> Vec<PeerId> {
-        let mut online = self.lock();
-        let silent: Vec<PeerId> = online
-            .values()
-            .filter(|n| now.duration_since(n.last_seen) > timeout)
-            .map(|n| n.id)
-            .collect();
-        for id in &silent {
-            online.remove(id);
-        }
-        silent
-    }
 }
 
 #[cfg(test)]
@@ -83,7 +69,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn join_leave_and_expiry() {
+    fn join_seen_and_leave() {
         let r = Registry::default();
         let t0 = Instant::now();
         let a = overlay::Identity::generate().peer_id();
@@ -97,11 +83,8 @@ mod tests {
                 last_seen: t0,
             });
         }
-        assert!(r.seen(&a, 5, t0 + Duration::from_secs(50)));
-        assert_eq!(
-            r.expire(t0 + Duration::from_secs(61), Duration::from_secs(60)),
-            vec![b]
-        );
+        assert!(r.seen(&a, 5, t0 + std::time::Duration::from_secs(50)));
+        assert!(r.leave(&b));
         assert!(r.is_online(&a));
         assert!(!r.seen(&b, 0, t0));
         assert!(r.leave(&a));

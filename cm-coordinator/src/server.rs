@@ -27,6 +27,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
 use crate::datadir::DataDir;
 use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
+use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
 use crate::publish::{self, PublishParams};
 use crate::registry::{OnlineNode, Registry};
 
@@ -41,8 +42,10 @@ pub struct RunConfig {
     pub listen: Multiaddr,
     /// Where to serve the HTTP API, if anywhere.
     pub http: Option<std::net::SocketAddr>,
-    /// A node silent for longer than this is taken off the active list.
-    pub node_timeout: Duration,
+    /// Liveness timings: heartbeat timeout, probes and their back-off.
+    pub liveness: LivenessConfig,
+    /// How long one probe may take before it counts as failed.
+    pub probe_timeout: Duration,
 }
 
 /// A running coordinator's shared state.
@@ -52,6 +55,10 @@ pub struct Coordinator {
     pub db: Db,
     pub net: Net,
     pub registry: Registry,
+    /// Decides who is online; its actions are carried out by the liveness driver task.
+    pub liveness: std::sync::Mutex<Liveness>,
+    /// Wakes the liveness driver after an event.
+    pub liveness_wake: tokio::sync::Notify,
     pub addr: Multiaddr,
 }
 
@@ -87,12 +94,14 @@ pub async fn run(
         db,
         net,
         registry: Registry::default(),
+        liveness: std::sync::Mutex::new(Liveness::new(config.liveness.clone())),
+        liveness_wake: tokio::sync::Notify::new(),
         addr: addr.clone(),
     });
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
     tokio::spawn(admin_loop(coord.clone(), admin));
-    tokio::spawn(expiry_loop(coord.clone(), config.node_timeout));
+    tokio::spawn(liveness_driver(coord.clone(), config.probe_timeout));
     if let Some(http) = config.http {
         let bound = crate::http::serve(coord.clone(), http).await?;
         overlay::store::write_atomic(
@@ -211,6 +220,7 @@ async fn control(
                 used,
                 last_seen: Instant::now(),
             });
+            coord.liveness_event(Event::Joined(peer));
             info!(node = %peer, "node joined");
             ControlResponse::Ok
         }
@@ -218,10 +228,12 @@ async fn control(
             if !coord.registry.seen(&peer, used, Instant::now()) {
                 return Ok(ControlResponse::Error("not joined; join again".into()));
             }
+            coord.liveness_event(Event::Heartbeat(peer));
             coord.db.node_seen(&peer, used, now).await?;
             ControlResponse::Ok
         }
         ControlRequest::Leave => {
+            coord.liveness_event(Event::Left(peer));
             if coord.registry.leave(&peer) {
                 coord.db.node_left(&peer, now, "leave").await?;
                 info!(node = %peer, "node left");
@@ -278,6 +290,9 @@ async fn client(
                 }
             };
             warn!(node = %p.node, kind, detail = %p.detail, "problem reported");
+            if p.kind == ProblemKind::Unreachable {
+                coord.liveness_event(Event::Unreachable(p.node));
+            }
             coord
                 .db
                 .add_problem(&ProblemRow {
@@ -350,17 +365,79 @@ async fn contact_list(coord: &Coordinator, content: &ContentId) -> anyhow::Resul
     Ok(ContactList { nodes, holders })
 }
 
-async fn expiry_loop(coord: Arc<Coordinator>, timeout: Duration) {
-    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(200)));
+impl Coordinator {
+    /// Feeds a liveness event and wakes the driver.
+    pub fn liveness_event(&self, event: Event) {
+        self.liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handle(event, Instant::now());
+        self.liveness_wake.notify_one();
+    }
+}
+
+/// Carries out the liveness core's actions: probes nodes, takes dead ones off the active list.
+async fn liveness_driver(coord: Arc<Coordinator>, probe_timeout: Duration) {
     loop {
-        tick.tick().await;
-        for node in coord.registry.expire(Instant::now(), timeout) {
-            warn!(%node, "no heartbeat within {timeout:?}; marked offline");
-            if let Err(e) = coord.db.node_left(&node, now_secs(), "timeout").await {
-                error!(error = %e, "cannot record node timeout");
+        let (actions, deadline) = {
+            let mut liveness = coord.liveness.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let actions: Vec<Action> = std::iter::from_fn(|| liveness.poll(now)).collect();
+            (actions, liveness.next_deadline())
+        };
+        for action in actions {
+            match action {
+                Action::Probe(node) => {
+                    let coord = coord.clone();
+                    tokio::spawn(async move {
+                        let alive = probe(&coord.net, node, probe_timeout).await;
+                        match &alive {
+                            Ok(()) => info!(%node, "probe answered"),
+                            Err(e) => warn!(%node, error = %e, "probe failed"),
+                        }
+                        coord.liveness_event(if alive.is_ok() {
+                            Event::ProbeAnswered(node)
+                        } else {
+                            Event::ProbeFailed(node)
+                        });
+                    });
+                }
+                Action::Offline(node, reason) => {
+                    coord.registry.leave(&node);
+                    let why = match reason {
+                        OfflineReason::Left => "leave",
+                        OfflineReason::Unreachable => "unreachable",
+                    };
+                    if reason == OfflineReason::Unreachable {
+                        warn!(%node, "every probe failed; marked offline");
+                    }
+                    if let Err(e) = coord.db.node_left(&node, now_secs(), why).await {
+                        error!(error = %e, "cannot record a node going offline");
+                    }
+                }
             }
         }
+        let sleep = match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = coord.liveness_wake.notified() => {}
+        }
     }
+}
+
+/// One liveness probe over `/ccds/probe/1`.
+async fn probe(net: &Net, node: PeerId, timeout: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, async {
+        let mut stream = net.open_with(node, proto::PROBE, 1, timeout).await?;
+        proto::probe(&mut stream).await?;
+        let _ = stream.close().await;
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
 }
 
 async fn admin_loop(coord: Arc<Coordinator>, listener: UnixListener) {
@@ -421,6 +498,17 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                 })
                 .collect();
             Ok(serde_json::Value::Array(list))
+        }
+        AdminRequest::Liveness => {
+            let liveness = coord.liveness.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = liveness.stats();
+            Ok(serde_json::json!({
+                "online": liveness.online_count(),
+                "probes": stats.probes,
+                "reports_ignored": stats.reports_ignored,
+                "reports_dropped": stats.reports_dropped,
+                "offline_unreachable": stats.offline_unreachable,
+            }))
         }
         AdminRequest::Publish {
             partner,

@@ -7,6 +7,7 @@
 //! * `/ccds/fetch/1` — client → node: a ticket and a fragment address → the fragment's bytes;
 //!   the client answers with a signed receipt.
 //! * `/ccds/client/1` — client → CM: manifest and contact list for a ticket; reports.
+//! * `/ccds/probe/1` — CM → node: is the node's process alive and serving?
 //!
 //! # Goals
 //! Every message is one frame: a 4-byte little-endian length then a postcard body. The length is
@@ -32,6 +33,8 @@ pub const CONTROL: StreamProtocol = StreamProtocol::new("/ccds/control/1");
 pub const STORE: StreamProtocol = StreamProtocol::new("/ccds/store/1");
 pub const FETCH: StreamProtocol = StreamProtocol::new("/ccds/fetch/1");
 pub const CLIENT: StreamProtocol = StreamProtocol::new("/ccds/client/1");
+/// CM → node liveness probe: 8 random bytes out, the same 8 bytes back.
+pub const PROBE: StreamProtocol = StreamProtocol::new("/ccds/probe/1");
 
 /// Largest control, store-header, fetch-header or report frame.
 pub const MAX_SMALL_MSG: usize = 64 * 1024;
@@ -95,6 +98,35 @@ pub async fn read_bytes<R: AsyncRead + Unpin>(
         .into());
     }
     Ok(out)
+}
+
+// ---- /ccds/probe/1 -----------------------------------------------------------------------------
+
+/// Prober side: sends a random nonce and checks that it comes back, which proves the node's
+/// process is serving (not merely that its host answers).
+pub async fn probe<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<(), FrameError> {
+    let nonce: [u8; 8] = rand::random();
+    stream.write_all(&nonce).await?;
+    stream.flush().await?;
+    let mut echo = [0u8; 8];
+    stream.read_exact(&mut echo).await?;
+    if echo != nonce {
+        return Err(
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "probe echo mismatch").into(),
+        );
+    }
+    Ok(())
+}
+
+/// Node side: echoes the prober's nonce.
+pub async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<(), FrameError> {
+    let mut nonce = [0u8; 8];
+    stream.read_exact(&mut nonce).await?;
+    stream.write_all(&nonce).await?;
+    stream.close().await?;
+    Ok(())
 }
 
 // ---- /ccds/control/1 -------------------------------------------------------------------------

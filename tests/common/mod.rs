@@ -85,6 +85,11 @@ fn spawn_logged(name: &str, args: &[&str], log: &Path) -> Child {
 impl Collective {
     /// Starts a coordinator with partner `acme` and `n` nodes, and waits until all are online.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// Like [`Collective::start`], with extra arguments for `cm-coordinator run`.
+    pub fn start_with(n: usize, cm_args: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let cm_dir = tmp.path().join("cm");
         let cm_str = cm_dir.to_str().unwrap();
@@ -93,11 +98,9 @@ impl Collective {
             "cm-coordinator",
             &["partner", "add", "acme", "--data-dir", cm_str],
         );
-        let cm = spawn_logged(
-            "cm-coordinator",
-            &["run", "--data-dir", cm_str, "--http", "127.0.0.1:0"],
-            &tmp.path().join("cm.log"),
-        );
+        let mut args = vec!["run", "--data-dir", cm_str, "--http", "127.0.0.1:0"];
+        args.extend_from_slice(cm_args);
+        let cm = spawn_logged("cm-coordinator", &args, &tmp.path().join("cm.log"));
         let addr_file = cm_dir.join("coordinator.addr");
         wait_for("the coordinator address", Duration::from_secs(30), || {
             addr_file.exists()
@@ -297,6 +300,26 @@ impl Collective {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops node `i` with SIGTERM (a graceful leave) and waits for it to exit.
+    pub fn terminate_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the coordinator lists node `i` as online.
+    pub fn is_online(&self, i: usize) -> bool {
+        let id = self.nodes[i].id.as_str();
+        self.nodes_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == id && n["online"] == true)
     }
 
     /// Problem reports held by the coordinator.
