@@ -355,3 +355,50 @@ fn bad_command_line_input_gives_one_line_errors() {
         );
     }
 }
+
+#[test]
+fn placement_never_puts_two_fragments_of_a_segment_behind_one_subnet() {
+    // Twelve nodes, two behind each of six /24 networks.
+    let ips: Vec<String> = (0..12)
+        .map(|i| format!("127.0.{}.{}", i / 2 + 1, i % 2 + 1))
+        .collect();
+    let c = Collective::start_on(&ips, &[]);
+    let file = c.make_file("in", 5 << 20, 11);
+    let content = c.publish(&file, 4, 2, "1MiB");
+    let mut holders: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for (i, node) in c.nodes.iter().enumerate() {
+        for entry in std::fs::read_dir(node.dir.join("fragments").join(&content))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let segment = name.split('.').next().unwrap().to_string();
+            holders.entry(segment).or_default().push(i / 2);
+        }
+    }
+    assert_eq!(holders.len(), 5, "five segments placed");
+    for (segment, subnets) in &holders {
+        let distinct: std::collections::HashSet<_> = subnets.iter().collect();
+        assert_eq!(distinct.len(), 6, "segment {segment}: subnets {subnets:?}");
+    }
+    // Eight fragments per segment cannot fit on six networks: refused, with the reason.
+    let out = run(
+        "cm-coordinator",
+        &[
+            "publish",
+            "--data-dir",
+            c.cm(),
+            "--partner",
+            "acme",
+            "--data-shards",
+            "4",
+            "--parity-shards",
+            "4",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("distinct networks"), "{stderr}");
+}

@@ -6,6 +6,7 @@
 //! * [`datadir`]: the files of a coordinator's data directory.
 //! * [`db`]: the storage layer (SQLite embedded; the seam for PostgreSQL).
 //! * [`liveness`]: the sans-IO liveness state machine (joins, leaves, reports, probes).
+//! * [`placement`]: which nodes hold a segment's fragments (distinct nodes and /24s).
 //! * [`registry`]: which nodes are online now (in memory; history goes to the database).
 //! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
 //! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
@@ -17,6 +18,7 @@ pub mod datadir;
 pub mod db;
 pub mod http;
 pub mod liveness;
+pub mod placement;
 pub mod publish;
 pub mod registry;
 pub mod server;

@@ -47,6 +47,9 @@ enum Command {
         /// Failed probes before a node is marked offline.
         #[arg(long, default_value_t = 3)]
         probe_attempts: u32,
+        /// Let fragments of one segment share a /24 (a lab on one network); never for production.
+        #[arg(long)]
+        allow_shared_subnet: bool,
     },
     /// List registered nodes (asks the running coordinator).
     Nodes {
@@ -152,7 +155,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             node_timeout,
             probe_interval,
             probe_attempts,
+            allow_shared_subnet,
         } => {
+            if allow_shared_subnet {
+                tracing::warn!(
+                    "--allow-shared-subnet: fragments of one segment may share a network; one router failing can then lose several"
+                );
+            }
             let config = RunConfig {
                 listen,
                 http,
@@ -164,6 +173,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 },
                 probe_timeout: probe_interval
                     .clamp(Duration::from_millis(500), Duration::from_secs(10)),
+                placement: cm_coordinator::placement::PlacementRules {
+                    distinct_subnets: !allow_shared_subnet,
+                },
             };
             server::run(DataDir::new(&data_dir), config, shutdown_signal()).await?;
         }

@@ -6,7 +6,6 @@
 //! push. Encoding is deterministic (fresh key, nonce = segment index), memory stays bounded by
 //! a couple of segments whatever the file size, and nothing needs spooling to disk.
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +17,11 @@ use overlay::net::Net;
 use overlay::proto::{self, StoreOrder, StoreRequest, StoreResponse};
 use overlay::store::FragmentId;
 use overlay::{ContentId, Identity, PeerId, Signed};
-use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::db::Placement;
+use crate::placement::{self, Candidate, PlacementRules, SegmentPlan};
 
 /// Publishing errors.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +36,13 @@ pub enum PublishError {
     #[error("invalid parameters: {0}")]
     Params(String),
     #[error(
-        "placing {needed} fragments per segment on distinct nodes needs {needed} online nodes, but only {online} are online"
+        "placing {needed} fragments per segment needs {needed} online nodes on distinct networks (/24), but only {available} are available ({online} nodes online)"
     )]
-    NotEnoughNodes { needed: usize, online: usize },
+    NotEnoughNodes {
+        needed: usize,
+        available: usize,
+        online: usize,
+    },
     #[error("could not place fragment {fragment} on any node; last error: {last}")]
     Unplaced { fragment: FragmentId, last: String },
 }
@@ -123,15 +126,18 @@ fn encode_file(
 pub async fn publish(
     root: &Identity,
     net: &Net,
-    online: Vec<PeerId>,
+    online: Vec<Candidate>,
+    rules: PlacementRules,
     path: &Path,
     params: &PublishParams,
 ) -> Result<Published, PublishError> {
     params.check()?;
     let shards = params.data_shards as usize + params.parity_shards as usize;
-    if online.len() < shards {
+    let available = placement::capacity(&online, rules);
+    if available < shards {
         return Err(PublishError::NotEnoughNodes {
             needed: shards,
+            available,
             online: online.len(),
         });
     }
@@ -179,16 +185,16 @@ pub async fn publish(
     let mut placements = Vec::with_capacity(manifest.hashes.len());
     let mut failure = None;
     while let Some((segment, fragments)) = rx.recv().await {
-        let mut candidates = online.clone();
-        candidates.shuffle(&mut rand::rng());
+        let Some((holders, plan)) = SegmentPlan::new(&online, fragments.len(), rules) else {
+            failure = Some(PublishError::NotEnoughNodes {
+                needed: shards,
+                available,
+                online: online.len(),
+            });
+            break;
+        };
         match place_segment(
-            root,
-            net,
-            content,
-            segment,
-            &fragments,
-            &manifest,
-            &candidates,
+            root, net, content, segment, &fragments, &manifest, &holders, plan,
         )
         .await
         {
@@ -217,8 +223,9 @@ pub async fn publish(
     })
 }
 
-/// Pushes the fragments of one segment to distinct nodes, the first `shards` candidates first;
-/// a failed push moves on to the next candidate not yet holding a fragment of this segment.
+/// Pushes the fragments of one segment to their planned holders; a failed push moves on to a
+/// replacement that still obeys the placement rules.
+#[allow(clippy::too_many_arguments)]
 async fn place_segment(
     root: &Identity,
     net: &Net,
@@ -226,15 +233,13 @@ async fn place_segment(
     segment: u32,
     fragments: &[Bytes],
     manifest: &Manifest,
-    candidates: &[PeerId],
+    holders: &[PeerId],
+    plan: SegmentPlan,
 ) -> Result<Vec<Placement>, PublishError> {
-    let shards = fragments.len();
-    let spares = std::sync::Mutex::new(candidates[shards..].to_vec());
-    let used: std::sync::Mutex<HashSet<PeerId>> =
-        std::sync::Mutex::new(candidates[..shards].iter().copied().collect());
+    let plan = std::sync::Mutex::new(plan);
     let jobs = fragments.iter().enumerate().map(|(index, data)| {
-        let (spares, used) = (&spares, &used);
-        let first = candidates[index];
+        let plan = &plan;
+        let first = holders[index];
         async move {
             let fragment = FragmentId {
                 content,
@@ -256,10 +261,10 @@ async fn place_segment(
                     }
                     Err(last) => {
                         warn!(%node, %fragment, error = %last, "push failed; trying another node");
-                        let next = spares.lock().unwrap().pop();
+                        let next = plan.lock().unwrap_or_else(|p| p.into_inner()).replacement();
                         match next {
-                            Some(n) if used.lock().unwrap().insert(n) => node = n,
-                            _ => return Err(PublishError::Unplaced { fragment, last }),
+                            Some(n) => node = n,
+                            None => return Err(PublishError::Unplaced { fragment, last }),
                         }
                     }
                 }

@@ -28,6 +28,7 @@ use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
 use crate::datadir::DataDir;
 use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
+use crate::placement::{Candidate, PlacementRules, Subnet};
 use crate::publish::{self, PublishParams};
 use crate::registry::{OnlineNode, Registry};
 
@@ -46,6 +47,8 @@ pub struct RunConfig {
     pub liveness: LivenessConfig,
     /// How long one probe may take before it counts as failed.
     pub probe_timeout: Duration,
+    /// Placement rules (distinct subnets per segment unless a lab relaxes it).
+    pub placement: PlacementRules,
 }
 
 /// A running coordinator's shared state.
@@ -59,6 +62,7 @@ pub struct Coordinator {
     pub liveness: std::sync::Mutex<Liveness>,
     /// Wakes the liveness driver after an event.
     pub liveness_wake: tokio::sync::Notify,
+    pub placement: PlacementRules,
     pub addr: Multiaddr,
 }
 
@@ -96,6 +100,7 @@ pub async fn run(
         registry: Registry::default(),
         liveness: std::sync::Mutex::new(Liveness::new(config.liveness.clone())),
         liveness_wake: tokio::sync::Notify::new(),
+        placement: config.placement,
         addr: addr.clone(),
     });
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
@@ -522,14 +527,29 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                     "unknown partner `{partner}` (add it with `cm-coordinator partner add {partner}`)"
                 );
             }
-            let online = coord.registry.online().into_iter().map(|n| n.id).collect();
+            let online = coord
+                .registry
+                .online()
+                .into_iter()
+                .map(|n| Candidate {
+                    node: n.id,
+                    subnet: Subnet::of(n.id, &n.addrs),
+                })
+                .collect();
             let params = PublishParams {
                 data_shards,
                 parity_shards,
                 segment_size,
             };
-            let published =
-                publish::publish(&coord.root, &coord.net, online, &path, &params).await?;
+            let published = publish::publish(
+                &coord.root,
+                &coord.net,
+                online,
+                coord.placement,
+                &path,
+                &params,
+            )
+            .await?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

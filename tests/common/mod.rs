@@ -88,8 +88,16 @@ impl Collective {
         Self::start_with(n, &[])
     }
 
-    /// Like [`Collective::start`], with extra arguments for `cm-coordinator run`.
+    /// Like [`Collective::start`], with extra arguments for `cm-coordinator run`. Node `i`
+    /// listens on 127.0.(i+1).1: every node behind its own /24, as on distinct home networks.
     pub fn start_with(n: usize, cm_args: &[&str]) -> Self {
+        let ips: Vec<String> = (0..n).map(|i| format!("127.0.{}.1", i + 1)).collect();
+        Self::start_on(&ips, cm_args)
+    }
+
+    /// Starts one node per loopback address in `ips`.
+    pub fn start_on(ips: &[String], cm_args: &[&str]) -> Self {
+        let n = ips.len();
         let tmp = tempfile::tempdir().unwrap();
         let cm_dir = tmp.path().join("cm");
         let cm_str = cm_dir.to_str().unwrap();
@@ -116,14 +124,14 @@ impl Collective {
             cm_addr,
             nodes: Vec::new(),
         };
-        for i in 0..n {
-            collective.add_node(i);
+        for (i, ip) in ips.iter().enumerate() {
+            collective.add_node(i, ip);
         }
         collective.wait_online(n);
         collective
     }
 
-    fn add_node(&mut self, i: usize) {
+    fn add_node(&mut self, i: usize, ip: &str) {
         let dir = self.tmp.path().join(format!("node{i}"));
         let d = dir.to_str().unwrap();
         let id = run_ok(
@@ -140,7 +148,15 @@ impl Collective {
         );
         let child = spawn_logged(
             "ccds-node",
-            &["run", "--data-dir", d, "--heartbeat-interval", "2s"],
+            &[
+                "run",
+                "--data-dir",
+                d,
+                "--heartbeat-interval",
+                "2s",
+                "--listen",
+                &format!("/ip4/{ip}/udp/0/quic-v1"),
+            ],
             &self.tmp.path().join(format!("node{i}.log")),
         );
         let ready = dir.join("node.addr");
