@@ -54,6 +54,19 @@ fn reports_probes_silence_and_leaves() {
         ],
     );
 
+    let content = c.publish(&c.make_file("in", 3 << 20, 5), 2, 2, "1MiB");
+    let live = |c: &Collective| {
+        let out = common::run_ok(
+            "cm-coordinator",
+            &["content", "show", &content, "--data-dir", c.cm(), "--json"],
+        );
+        let show: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(show["segments"], 3);
+        assert_eq!(show["target_fragments"], 4);
+        show["min_live_fragments"].as_u64().unwrap()
+    };
+    assert_eq!(live(&c), 4);
+
     // A false report: the node is probed, answers, and stays online.
     report_unreachable(&c, &c.nodes[0].id);
     wait_for(
@@ -92,4 +105,5 @@ fn reports_probes_silence_and_leaves() {
     );
     assert!(c.is_online(0));
     assert_eq!(c.http_get("/api/v1/liveness").1["offline_unreachable"], 2);
+    assert_eq!(live(&c), 1);
 }

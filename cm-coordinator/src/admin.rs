@@ -33,6 +33,10 @@ pub enum AdminRequest {
     Reports,
     /// Liveness counters.
     Liveness,
+    /// A content's layout and health.
+    Content {
+        id: String,
+    },
 }
 
 /// The coordinator's answer.

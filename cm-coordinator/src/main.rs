@@ -102,8 +102,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Inspect published contents.
+    Content {
+        #[command(subcommand)]
+        command: ContentCommand,
+    },
     /// List client reports of unreachable nodes and corrupt fragments.
     Reports {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContentCommand {
+    /// A content's layout and redundancy health: fragments per segment held by online nodes.
+    Show {
+        id: String,
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long)]
@@ -259,6 +276,24 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             .await?;
             let file: overlay::ticket::TicketFile = serde_json::from_value(file)?;
             file.save(&out)?;
+        }
+        Command::Content {
+            command: ContentCommand::Show { id, data_dir, json },
+        } => {
+            let c = call(&data_dir, AdminRequest::Content { id }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "content {}: {} bytes, {} segments, k={} target={} fragments per segment, fewest live in any segment: {}",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["size"],
+                    c["segments"],
+                    c["k"],
+                    c["target_fragments"],
+                    c["min_live_fragments"],
+                );
+            }
         }
         Command::Reports { data_dir, json } => {
             let reports = call(&data_dir, AdminRequest::Reports).await?;

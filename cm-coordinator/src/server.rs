@@ -504,6 +504,37 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                 .collect();
             Ok(serde_json::Value::Array(list))
         }
+        AdminRequest::Content { id } => {
+            let content: ContentId = id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let Some(row) = coord.db.content(&content).await? else {
+                anyhow::bail!("unknown content {content}");
+            };
+            let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
+            let m = &manifest.body;
+            let mut live = vec![0u32; m.segments() as usize];
+            let mut placed = vec![0u32; m.segments() as usize];
+            for p in coord.db.placements(&content).await? {
+                let Some(slot) = placed.get_mut(p.segment as usize) else {
+                    continue;
+                };
+                *slot += 1;
+                if coord.registry.is_online(&p.node) {
+                    live[p.segment as usize] += 1;
+                }
+            }
+            Ok(serde_json::json!({
+                "id": content.to_string(),
+                "size": m.size,
+                "segments": m.segments(),
+                "segment_size": m.segment_size,
+                "k": m.data_shards,
+                "m": m.parity_shards,
+                "target_fragments": m.shards(),
+                "min_placed_fragments": placed.iter().min().copied().unwrap_or(0),
+                "min_live_fragments": live.iter().min().copied().unwrap_or(0),
+                "segments_below_target": live.iter().filter(|&&l| (l as usize) < m.shards()).count(),
+            }))
+        }
         AdminRequest::Liveness => {
             let liveness = coord.liveness.lock().unwrap_or_else(|p| p.into_inner());
             let stats = liveness.stats();
