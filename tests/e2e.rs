@@ -263,83 +263,45 @@ fn bad_command_line_input_gives_one_line_errors() {
     common::run_ok("cm-coordinator", &["init", "--data-dir", &cm]);
     let key = p("k.key");
     common::run_ok("ccds-client", &["keygen", "--out", &key]);
-    let cases: Vec<(&str, Vec<String>)> = vec![
+    let (garbage, bad, missing, out) = (p("garbage"), p("bad.ticket"), p("missing.ticket"), p("o"));
+    // (program, arguments separated by spaces; the temporary paths contain none)
+    let cases: Vec<(&str, String)> = vec![
         (
             "ccds-client",
-            vec![
-                "get".into(),
-                "--key".into(),
-                p("garbage"),
-                "--ticket".into(),
-                p("bad.ticket"),
-                "--out".into(),
-                p("o"),
-            ],
+            format!("get --key {garbage} --ticket {bad} --out {out}"),
         ),
         (
             "ccds-client",
-            vec![
-                "get".into(),
-                "--key".into(),
-                key.clone(),
-                "--ticket".into(),
-                p("bad.ticket"),
-                "--out".into(),
-                p("o"),
-            ],
+            format!("get --key {key} --ticket {bad} --out {out}"),
         ),
         (
             "ccds-client",
-            vec![
-                "get".into(),
-                "--key".into(),
-                key.clone(),
-                "--ticket".into(),
-                p("missing.ticket"),
-                "--out".into(),
-                p("o"),
-            ],
+            format!("get --key {key} --ticket {missing} --out {out}"),
         ),
+        ("ccds-client", format!("keygen --out {key}")),
+        ("cm-coordinator", format!("nodes --data-dir {cm}")),
         (
-            "ccds-client",
-            vec!["keygen".into(), "--out".into(), key.clone()],
+            "cm-coordinator",
+            format!(
+                "publish --data-dir {cm} --partner acme {}",
+                p("missing-file")
+            ),
         ),
         (
             "cm-coordinator",
-            vec!["nodes".into(), "--data-dir".into(), cm.clone()],
+            format!("nodes --data-dir {}", p("never-initialised")),
         ),
-        (
-            "cm-coordinator",
-            vec![
-                "publish".into(),
-                "--data-dir".into(),
-                cm.clone(),
-                "--partner".into(),
-                "acme".into(),
-                p("missing-file"),
-            ],
-        ),
-        (
-            "cm-coordinator",
-            vec!["nodes".into(), "--data-dir".into(), p("never-initialised")],
-        ),
+        ("ccds-node", format!("run --data-dir {}", p("no-node"))),
         (
             "ccds-node",
-            vec!["run".into(), "--data-dir".into(), p("no-node")],
-        ),
-        (
-            "ccds-node",
-            vec![
-                "init".into(),
-                "--data-dir".into(),
-                p("n"),
-                "--coordinator".into(),
-                "/ip4/127.0.0.1/udp/1/quic-v1".into(),
-            ],
+            format!(
+                "init --data-dir {} --coordinator /ip4/127.0.0.1/udp/1/quic-v1",
+                p("n")
+            ),
         ),
     ];
     for (program, args) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.split_whitespace().collect();
         let out = run(program, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{program} {args:?} succeeded");
