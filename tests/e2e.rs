@@ -21,15 +21,8 @@ fn round_trips_are_byte_identical_for_every_size() {
         assert_eq!(content.len(), 64, "publish prints the content ID alone");
         let ticket = c.ticket(&content, &client, "1h");
         let out = c.path(&format!("out{i}"));
-        let (output, summary) = c.get(&key, &ticket, &out, &[]);
-        assert!(
-            output.status.success(),
-            "download of {size} bytes failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let summary = c.get_verified(&key, &ticket, &out, &file);
         assert_eq!(std::fs::metadata(&out).unwrap().len(), size as u64);
-        assert_eq!(file_hash(&out), file_hash(&file), "size {size}");
-        let summary = summary.unwrap();
         assert_eq!(summary["bytes"], size as u64);
         assert_eq!(summary["corrupt_reports"], 0);
         // Fragments came from many nodes in parallel, not one.
@@ -93,14 +86,7 @@ fn survives_m_holders_killed_before_the_download() {
     }
     let ticket = c.ticket(&content, &client, "1h");
     let out = c.path("out");
-    let (output, summary) = c.get(&key, &ticket, &out, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(file_hash(&out), file_hash(&file));
-    let summary = summary.unwrap();
+    let summary = c.get_verified(&key, &ticket, &out, &file);
     for i in [0, 3, 6, 9] {
         assert!(
             summary["per_node"].get(&c.nodes[i].id).is_none(),
@@ -161,15 +147,9 @@ fn corrupt_fragments_on_disk_are_reported_and_bypassed() {
     // Node 2 is among the first k holders tried for some segment with high probability; make it
     // certain by downloading until a report names it (each run shuffles holders anew).
     let mut reported = false;
-    for attempt in 0..5 {
+    for _ in 0..5 {
         let _ = std::fs::remove_file(&out);
-        let (output, _) = c.get(&key, &ticket, &out, &[]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert_eq!(file_hash(&out), file_hash(&file), "attempt {attempt}");
+        c.get_verified(&key, &ticket, &out, &file);
         reported = c.reports().as_array().unwrap().iter().any(|r| {
             r["kind"] == "corrupt"
                 && r["node"] == victim.id.as_str()
@@ -215,14 +195,7 @@ fn interrupted_download_resumes_without_refetching() {
     child.wait().unwrap();
     let done_before = finished_segments(&state);
     assert!(done_before < 32, "the client was killed halfway");
-    let (output, summary) = c.get(&key, &ticket, &out, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(file_hash(&out), file_hash(&file));
-    let summary = summary.unwrap();
+    let summary = c.get_verified(&key, &ticket, &out, &file);
     let resumed = summary["segments_resumed"].as_u64().unwrap() as usize;
     assert!(
         resumed >= done_before,

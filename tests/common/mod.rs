@@ -310,6 +310,32 @@ impl Collective {
         (output, summary)
     }
 
+    /// Downloads with `ccds-client get`, asserts success and that `out` is byte-identical to
+    /// `original`; returns the client's JSON summary.
+    pub fn get_verified(
+        &self,
+        key: &Path,
+        ticket: &Path,
+        out: &Path,
+        original: &Path,
+    ) -> serde_json::Value {
+        let (output, summary) = self.get(key, ticket, out, &[]);
+        assert!(
+            output.status.success(),
+            "download of {} failed: {}",
+            original.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            file_hash(out),
+            file_hash(original),
+            "{} differs from {}",
+            out.display(),
+            original.display()
+        );
+        summary.expect("a successful download prints its summary")
+    }
+
     /// Kills node `i` with SIGKILL (no leave message: the node just vanishes).
     pub fn kill_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
