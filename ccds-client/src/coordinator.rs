@@ -96,10 +96,10 @@ impl Coordinator {
         {
             ClientResponse::Manifest { manifest, contacts } => (manifest, contacts),
             ClientResponse::Error(reason) => return Err(ClientError::CoordinatorRefused(reason)),
-            ClientResponse::Ok => {
+            ClientResponse::Ok | ClientResponse::Contacts(_) => {
                 return Err(ClientError::CoordinatorProtocol {
                     peer: self.peer,
-                    reason: "answered Ok instead of a manifest".into(),
+                    reason: "answered something other than a manifest".into(),
                 });
             }
         };
@@ -119,10 +119,12 @@ impl Coordinator {
         {
             ClientResponse::Ok => Ok(()),
             ClientResponse::Error(reason) => Err(ClientError::CoordinatorRefused(reason)),
-            ClientResponse::Manifest { .. } => Err(ClientError::CoordinatorProtocol {
-                peer: self.peer,
-                reason: "answered a manifest to a completion report".into(),
-            }),
+            ClientResponse::Manifest { .. } | ClientResponse::Contacts(_) => {
+                Err(ClientError::CoordinatorProtocol {
+                    peer: self.peer,
+                    reason: "answered something other than Ok to a completion report".into(),
+                })
+            }
         }
     }
 }
@@ -186,6 +188,9 @@ impl Reporter {
                 self.corrupt += 1;
                 warn!(%node, segment, index, %detail, "corrupt fragment; reporting it to the coordinator");
             }
+            ProblemKind::Slow { bytes_per_sec } => {
+                warn!(%node, bytes_per_sec, %detail, "slow node; reporting it to the coordinator");
+            }
         }
         let report = ProblemReport {
             content: self.content,
@@ -237,6 +242,7 @@ mod tests {
             segment_size: 8,
             data_shards: 1,
             parity_shards: 1,
+            spare_shards: 0,
             cipher: Cipher::Aes256Gcm,
             created: 1,
             hashes: vec![[0; 32]; 4],

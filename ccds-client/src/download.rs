@@ -153,7 +153,7 @@ pub async fn get_until(
     let codec = SegmentCodec::new(
         &ticket_file.content_key,
         manifest.k(),
-        manifest.parity_shards as usize,
+        manifest.all_parity(),
     )
     .map_err(|e| ClientError::ManifestInvalid(e.to_string()))?;
     let peers: Vec<PeerId> = contacts.nodes.iter().map(|c| c.node).collect();

@@ -62,6 +62,7 @@ fn publish(size: usize, segment_size: u32, k: u8, m: u8) -> Content {
         segment_size,
         data_shards: k,
         parity_shards: m,
+        spare_shards: 0,
         cipher: Cipher::Aes256Gcm,
         created: overlay::time::now_secs(),
         hashes,
@@ -183,6 +184,7 @@ async fn fake_cm(manifest: Manifest, contacts: ContactList) -> FakeCm {
                             manifest: signed,
                             contacts,
                         },
+                        ClientRequest::Contacts { .. } => ClientResponse::Contacts(contacts),
                         ClientRequest::Problem(p) => {
                             problems.lock().unwrap().push(p);
                             ClientResponse::Ok

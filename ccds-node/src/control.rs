@@ -87,14 +87,25 @@ impl Coordinator {
         used: u64,
     ) -> Result<(), ControlError> {
         let answer = self
-            .request(&ControlRequest::Join { addrs, quota, used })
+            .request(&ControlRequest::Join {
+                addrs,
+                quota,
+                used,
+                boot_time: 0,
+                upload_bps: 0,
+            })
             .await?;
         expect_ok("join", answer)
     }
 
     /// Tells the CM the node is still online.
     pub async fn heartbeat(&self, used: u64) -> Result<(), ControlError> {
-        let answer = self.request(&ControlRequest::Heartbeat { used }).await?;
+        let answer = self
+            .request(&ControlRequest::Heartbeat {
+                used,
+                upload_bps: 0,
+            })
+            .await?;
         expect_ok("heartbeat", answer)
     }
 

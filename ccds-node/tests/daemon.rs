@@ -43,7 +43,9 @@ async fn registers_joins_heartbeats_rejoins_and_leaves() -> anyhow::Result<()> {
     assert!(matches!(first, ControlRequest::Register), "{first:?}");
     let (_, join) = next_request(&mut requests).await?;
     match join {
-        ControlRequest::Join { addrs, quota, used } => {
+        ControlRequest::Join {
+            addrs, quota, used, ..
+        } => {
             assert_eq!((quota, used), (1 << 20, 0));
             assert!(!addrs.is_empty());
         }

@@ -21,6 +21,8 @@ pub enum AdminRequest {
         path: PathBuf,
         data_shards: u8,
         parity_shards: u8,
+        #[serde(default)]
+        spare_shards: u8,
         segment_size: u32,
     },
     Ticket {

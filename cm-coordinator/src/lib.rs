@@ -21,6 +21,7 @@ pub mod liveness;
 pub mod placement;
 pub mod publish;
 pub mod registry;
+pub mod repair;
 pub mod server;
 
 pub use datadir::DataDir;

@@ -76,6 +76,10 @@ enum Command {
         /// Parity fragments per segment (m): up to m holders may be lost.
         #[arg(long, default_value_t = 4)]
         parity_shards: u8,
+        /// Further parity fragments hashed into the manifest but placed only while demand for
+        /// the content is high (default: as many as --parity-shards, within 256 in all).
+        #[arg(long)]
+        spare_shards: Option<u8>,
         /// Segment size (e.g. 8MiB).
         #[arg(long, default_value = "8MiB")]
         segment_size: bytesize::ByteSize,
@@ -231,9 +235,14 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             partner,
             data_shards,
             parity_shards,
+            spare_shards,
             segment_size,
             file,
         } => {
+            let spare_shards = spare_shards.unwrap_or_else(|| {
+                let room = 256 - (data_shards as usize + parity_shards as usize).min(256);
+                parity_shards.min(room.min(255) as u8)
+            });
             let path = std::fs::canonicalize(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             if !path.is_file() {
@@ -248,6 +257,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     path,
                     data_shards,
                     parity_shards,
+                    spare_shards,
                     segment_size,
                 },
             )

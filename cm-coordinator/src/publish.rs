@@ -52,16 +52,19 @@ pub enum PublishError {
 pub struct PublishParams {
     pub data_shards: u8,
     pub parity_shards: u8,
+    /// Parity fragments hashed into the manifest beyond `k + m`, placed only under demand.
+    pub spare_shards: u8,
     pub segment_size: u32,
 }
 
 impl PublishParams {
     fn check(&self) -> Result<(), PublishError> {
-        let n = self.data_shards as usize + self.parity_shards as usize;
+        let n =
+            self.data_shards as usize + self.parity_shards as usize + self.spare_shards as usize;
         if self.data_shards == 0 || n > overlay::manifest::MAX_SHARDS {
             return Err(PublishError::Params(format!(
-                "need 1 ≤ data shards and data + parity ≤ 256, got {} + {}",
-                self.data_shards, self.parity_shards
+                "need 1 ≤ data shards and data + parity + spare ≤ 256, got {} + {} + {}",
+                self.data_shards, self.parity_shards, self.spare_shards
             )));
         }
         if self.segment_size < 4096 || self.segment_size > MAX_SEGMENT_SIZE {
@@ -152,7 +155,7 @@ pub async fn publish(
         SegmentCodec::new(
             &content_key,
             params.data_shards as usize,
-            params.parity_shards as usize,
+            params.parity_shards as usize + params.spare_shards as usize,
         )
         .map_err(|e| PublishError::Params(e.to_string()))?,
     );
@@ -169,6 +172,7 @@ pub async fn publish(
         segment_size: params.segment_size,
         data_shards: params.data_shards,
         parity_shards: params.parity_shards,
+        spare_shards: params.spare_shards,
         cipher: Cipher::Aes256Gcm,
         created: overlay::time::now_secs(),
         hashes,
@@ -184,7 +188,9 @@ pub async fn publish(
     };
     let mut placements = Vec::with_capacity(manifest.hashes.len());
     let mut failure = None;
-    while let Some((segment, fragments)) = rx.recv().await {
+    while let Some((segment, mut fragments)) = rx.recv().await {
+        // The spares stay unplaced until demand calls for them.
+        fragments.truncate(shards);
         let Some((holders, plan)) = SegmentPlan::new(&online, fragments.len(), rules) else {
             failure = Some(PublishError::NotEnoughNodes {
                 needed: shards,

@@ -205,7 +205,13 @@ async fn control(
             info!(node = %peer, serial, "node registered");
             ControlResponse::Registered { cert }
         }
-        ControlRequest::Join { addrs, quota, used } => {
+        ControlRequest::Join {
+            addrs,
+            quota,
+            used,
+            boot_time: _,
+            upload_bps: _,
+        } => {
             if !coord.db.is_node(&peer).await? {
                 return Ok(ControlResponse::Error(
                     "this node is not registered; register first".into(),
@@ -229,7 +235,10 @@ async fn control(
             info!(node = %peer, "node joined");
             ControlResponse::Ok
         }
-        ControlRequest::Heartbeat { used } => {
+        ControlRequest::Heartbeat {
+            used,
+            upload_bps: _,
+        } => {
             if !coord.registry.seen(&peer, used, Instant::now()) {
                 return Ok(ControlResponse::Error("not joined; join again".into()));
             }
@@ -287,12 +296,26 @@ async fn client(
             info!(%content, nodes = contacts.nodes.len(), "manifest and contacts sent");
             ClientResponse::Manifest { manifest, contacts }
         }
+        ClientRequest::Contacts { ticket } => {
+            let content = ticket.body().content;
+            if let Err(e) = ticket.verify_for(&coord.root.peer_id(), now, &content, &peer) {
+                info!(error = %e, "ticket refused");
+                return Ok(ClientResponse::Error(format!("ticket refused: {e}")));
+            }
+            if coord.db.content(&content).await?.is_none() {
+                return Ok(ClientResponse::Error(format!("unknown content {content}")));
+            }
+            let contacts = contact_list(coord, &content).await?;
+            info!(%content, nodes = contacts.nodes.len(), "fresh contacts sent");
+            ClientResponse::Contacts(contacts)
+        }
         ClientRequest::Problem(p) => {
             let (kind, segment, index) = match p.kind {
                 ProblemKind::Unreachable => ("unreachable", None, None),
                 ProblemKind::Corrupt { segment, index } => {
                     ("corrupt", Some(segment as i64), Some(index as i64))
                 }
+                ProblemKind::Slow { .. } => ("slow", None, None),
             };
             warn!(node = %p.node, kind, detail = %p.detail, "problem reported");
             if p.kind == ProblemKind::Unreachable {
@@ -529,10 +552,11 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                 "segment_size": m.segment_size,
                 "k": m.data_shards,
                 "m": m.parity_shards,
-                "target_fragments": m.shards(),
+                "spare": m.spare_shards,
+                "target_fragments": m.target(),
                 "min_placed_fragments": placed.iter().min().copied().unwrap_or(0),
                 "min_live_fragments": live.iter().min().copied().unwrap_or(0),
-                "segments_below_target": live.iter().filter(|&&l| (l as usize) < m.shards()).count(),
+                "segments_below_target": live.iter().filter(|&&l| (l as usize) < m.target()).count(),
             }))
         }
         AdminRequest::Liveness => {
@@ -551,6 +575,7 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             path,
             data_shards,
             parity_shards,
+            spare_shards,
             segment_size,
         } => {
             if coord.db.partner_cert(&partner).await?.is_none() {
@@ -570,6 +595,7 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             let params = PublishParams {
                 data_shards,
                 parity_shards,
+                spare_shards,
                 segment_size,
             };
             let published = publish::publish(

@@ -126,6 +126,38 @@ impl SegmentCodec {
     }
 }
 
+impl SegmentCodec {
+    /// Rebuilds every missing fragment of a segment, data and parity alike, from at least `k`
+    /// present ones, without decrypting anything: what a repair does. Fragment `i` of a codec
+    /// with more parity is the same as fragment `i` of one with less, so spare parity fragments
+    /// rebuilt here match the manifest.
+    pub fn rebuild(&self, fragments: &mut Vec<Option<Vec<u8>>>) -> Result<(), CodecError> {
+        let have = fragments.iter().filter(|f| f.is_some()).count();
+        if have < self.k {
+            return Err(CodecError::TooFewFragments {
+                needed: self.k,
+                have,
+            });
+        }
+        let len = fragments.iter().flatten().next().map_or(0, Vec::len);
+        if let Some(bad) = fragments.iter().flatten().find(|f| f.len() != len) {
+            return Err(CodecError::FragmentLength {
+                expected: len,
+                found: bad.len(),
+            });
+        }
+        fragments.resize(self.k + self.m.max(1), None);
+        self.rs
+            .reconstruct(fragments)
+            .map_err(|_| CodecError::TooFewFragments {
+                needed: self.k,
+                have,
+            })?;
+        fragments.truncate(self.k + self.m);
+        Ok(())
+    }
+}
+
 /// BLAKE3 root of a fragment.
 pub fn fragment_hash(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()
@@ -179,6 +211,34 @@ mod tests {
         let mut corrupt = all();
         corrupt[1].as_mut().unwrap()[5] ^= 1;
         assert_eq!(codec.decode(0, 1000, corrupt), Err(CodecError::Decrypt(0)));
+    }
+
+    #[test]
+    fn more_parity_extends_the_same_fragments() {
+        let plain = sample(5000);
+        let base = SegmentCodec::new(&[7; 32], 4, 2).unwrap().encode(3, &plain);
+        let wide = SegmentCodec::new(&[7; 32], 4, 6).unwrap();
+        let all = wide.encode(3, &plain);
+        assert_eq!(
+            &all[..6],
+            &base[..],
+            "parity rows do not depend on the parity count"
+        );
+        // A repair from fragments 1, 5, 7 and 9 rebuilds every other one, spares included.
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; 10];
+        for i in [1, 5, 7, 9] {
+            got[i] = Some(all[i].to_vec());
+        }
+        wide.rebuild(&mut got).unwrap();
+        let rebuilt: Vec<Vec<u8>> = got.into_iter().map(Option::unwrap).collect();
+        let expected: Vec<Vec<u8>> = all.iter().map(|f| f.to_vec()).collect();
+        assert_eq!(rebuilt, expected);
+        let mut too_few: Vec<Option<Vec<u8>>> = vec![None; 10];
+        too_few[0] = Some(all[0].to_vec());
+        assert!(matches!(
+            wide.rebuild(&mut too_few),
+            Err(CodecError::TooFewFragments { needed: 4, have: 1 })
+        ));
     }
 
     #[test]

@@ -26,9 +26,12 @@ pub struct Manifest {
     pub segment_size: u32,
     pub data_shards: u8,
     pub parity_shards: u8,
+    /// Further parity fragments beyond `k + m`, hashed here but placed only while demand is
+    /// high: every extra holder of a hot content then adds distinct data, never a copy.
+    pub spare_shards: u8,
     pub cipher: Cipher,
     pub created: u64,
-    /// Fragment hashes, segment-major: `hashes[segment * (k + m) + index]`.
+    /// Fragment hashes, segment-major: `hashes[segment * (k + m + spare) + index]`.
     pub hashes: Vec<[u8; 32]>,
 }
 
@@ -55,9 +58,19 @@ impl Manifest {
         self.data_shards as usize
     }
 
-    /// k + m.
-    pub fn shards(&self) -> usize {
+    /// k + m: the fragments every segment keeps under normal demand.
+    pub fn target(&self) -> usize {
         self.data_shards as usize + self.parity_shards as usize
+    }
+
+    /// k + m + spare: every fragment index that may exist (and has a hash).
+    pub fn shards(&self) -> usize {
+        self.target() + self.spare_shards as usize
+    }
+
+    /// Parity fragments per segment counting the spares: the codec's `m`.
+    pub fn all_parity(&self) -> usize {
+        self.parity_shards as usize + self.spare_shards as usize
     }
 
     /// Number of segments.

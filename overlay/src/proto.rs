@@ -141,9 +141,13 @@ pub enum ControlRequest {
         addrs: Vec<Multiaddr>,
         quota: u64,
         used: u64,
+        /// When the host booted (Unix seconds), for the node's history.
+        boot_time: u64,
+        /// Upload bandwidth the node measured while serving, bytes per second (0: not yet known).
+        upload_bps: u64,
     },
-    /// Still online.
-    Heartbeat { used: u64 },
+    /// Still online; `upload_bps` as in `Join`.
+    Heartbeat { used: u64, upload_bps: u64 },
     /// Going offline (shutdown or owner's suspend).
     Leave,
 }
@@ -265,7 +269,15 @@ pub struct ContactList {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ProblemKind {
     Unreachable,
-    Corrupt { segment: u32, index: u16 },
+    Corrupt {
+        segment: u32,
+        index: u16,
+    },
+    /// The node delivered far below the client's other nodes: `bytes_per_sec` as measured by
+    /// the client over its fetches from that node.
+    Slow {
+        bytes_per_sec: u64,
+    },
 }
 
 /// A client's report about one node.
@@ -280,7 +292,13 @@ pub struct ProblemReport {
 /// Client → CM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Manifest { ticket: Ticket },
+    Manifest {
+        ticket: Ticket,
+    },
+    /// A fresh contact list, for a client whose holders stopped answering.
+    Contacts {
+        ticket: Ticket,
+    },
     Problem(ProblemReport),
     Completion(CompletionReport),
 }
@@ -292,6 +310,7 @@ pub enum ClientResponse {
         manifest: SignedManifest,
         contacts: ContactList,
     },
+    Contacts(ContactList),
     Ok,
     Error(String),
 }
