@@ -33,6 +33,14 @@ pub enum AdminRequest {
         allowance: Option<u64>,
     },
     Reports,
+    /// Repair records and counters.
+    Repairs,
+    /// A partner's demand hint: `level` extra demand units for `content` during `for_secs`.
+    Demand {
+        content: String,
+        level: u64,
+        for_secs: u64,
+    },
     /// Liveness counters.
     Liveness,
     /// A content's layout and health.

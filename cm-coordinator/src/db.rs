@@ -58,6 +58,23 @@ pub struct Placement {
     pub node: PeerId,
 }
 
+/// One fragment rebuilt on a new holder.
+#[derive(Clone, Debug)]
+pub struct RepairRow {
+    pub segment: u32,
+    pub index: u16,
+    /// `repair` or `expand`.
+    pub kind: &'static str,
+    /// The holder it replaces, if any.
+    pub previous: Option<PeerId>,
+    pub node: PeerId,
+    pub rebuilt_by: PeerId,
+    pub ticket: String,
+    pub bytes_fetched: u64,
+    pub bytes_stored: u64,
+    pub at: u64,
+}
+
 /// A client's problem report as stored.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProblemRow {
@@ -345,6 +362,278 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// Every published content (for the repair core at start).
+    pub async fn all_contents(&self) -> Result<Vec<ContentRow>, DbError> {
+        let rows = sqlx::query("SELECT id, partner, size, manifest, content_key FROM contents")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let key: Vec<u8> = r.get(4);
+                Ok(ContentRow {
+                    id: id
+                        .parse()
+                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
+                    partner: r.get(1),
+                    size: r.get::<i64, _>(2) as u64,
+                    manifest: r.get(3),
+                    content_key: key
+                        .try_into()
+                        .map_err(|_| DbError::Corrupt("content key is not 32 bytes".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records fragments rebuilt on new holders, atomically: the new placements, the previous
+    /// holders' placements closed (their copies are deleted when they return), and the work.
+    pub async fn record_repairs(
+        &self,
+        content: &ContentId,
+        repairs: &[RepairRow],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id = content.to_string();
+        for r in repairs {
+            if let Some(previous) = &r.previous {
+                sqlx::query(
+                    "UPDATE placements SET removed_at = ? WHERE content = ? AND segment = ? AND idx = ? AND node = ? AND removed_at IS NULL",
+                )
+                .bind(r.at as i64)
+                .bind(&id)
+                .bind(r.segment as i64)
+                .bind(r.index as i64)
+                .bind(previous.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO placements (content, segment, idx, node, placed_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO UPDATE SET removed_at = NULL, delete_sent_at = NULL, placed_at = excluded.placed_at",
+            )
+            .bind(&id)
+            .bind(r.segment as i64)
+            .bind(r.index as i64)
+            .bind(r.node.to_string())
+            .bind(r.at as i64)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO repairs (content, segment, idx, kind, previous, node, rebuilt_by, ticket, bytes_fetched, bytes_stored, at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(r.segment as i64)
+            .bind(r.index as i64)
+            .bind(r.kind)
+            .bind(r.previous.map(|p| p.to_string()))
+            .bind(r.node.to_string())
+            .bind(r.rebuilt_by.to_string())
+            .bind(&r.ticket)
+            .bind(r.bytes_fetched as i64)
+            .bind(r.bytes_stored as i64)
+            .bind(r.at as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the placement of a fragment that is no longer wanted (surplus spare parity).
+    pub async fn remove_placement(
+        &self,
+        content: &ContentId,
+        segment: u32,
+        index: u16,
+        node: &PeerId,
+        now: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE placements SET removed_at = ? WHERE content = ? AND segment = ? AND idx = ? AND node = ? AND removed_at IS NULL",
+        )
+        .bind(now as i64)
+        .bind(content.to_string())
+        .bind(segment as i64)
+        .bind(index as i64)
+        .bind(node.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Fragments `node` still holds although their placement was closed, by content.
+    pub async fn undeleted(&self, node: &PeerId) -> Result<Vec<(ContentId, u32, u16)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT content, segment, idx FROM placements p
+             WHERE node = ? AND removed_at IS NOT NULL AND delete_sent_at IS NULL
+             ORDER BY content, segment, idx",
+        )
+        .bind(node.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let c: String = r.get(0);
+                Ok((
+                    c.parse()
+                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
+                    r.get::<i64, _>(1) as u32,
+                    r.get::<i64, _>(2) as u16,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that `node` was told to delete these fragments.
+    pub async fn deletes_sent(
+        &self,
+        node: &PeerId,
+        fragments: &[(ContentId, u32, u16)],
+        now: u64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for (c, s, i) in fragments {
+            sqlx::query(
+                "UPDATE placements SET delete_sent_at = ? WHERE node = ? AND content = ? AND segment = ? AND idx = ? AND removed_at IS NOT NULL",
+            )
+            .bind(now as i64)
+            .bind(node.to_string())
+            .bind(c.to_string())
+            .bind(*s as i64)
+            .bind(*i as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Repair work recorded for a content: (fragments rebuilt, bytes fetched, bytes stored).
+    pub async fn repair_totals(&self, content: &ContentId) -> Result<(i64, i64, i64), DbError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_stored), 0) FROM repairs WHERE content = ?",
+        )
+        .bind(content.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.get(0), r.get(1), r.get(2)))
+    }
+
+    /// Every repair record, oldest first.
+    pub async fn repairs(&self) -> Result<Vec<serde_json::Value>, DbError> {
+        let rows = sqlx::query(
+            "SELECT content, segment, idx, kind, previous, node, rebuilt_by, ticket, bytes_fetched, bytes_stored, at FROM repairs ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "content": r.get::<String, _>(0),
+                    "segment": r.get::<i64, _>(1),
+                    "index": r.get::<i64, _>(2),
+                    "kind": r.get::<String, _>(3),
+                    "previous": r.get::<Option<String>, _>(4),
+                    "node": r.get::<String, _>(5),
+                    "rebuilt_by": r.get::<String, _>(6),
+                    "ticket": r.get::<String, _>(7),
+                    "bytes_fetched": r.get::<i64, _>(8),
+                    "bytes_stored": r.get::<i64, _>(9),
+                    "at": r.get::<i64, _>(10),
+                })
+            })
+            .collect())
+    }
+
+    /// Records a partner's demand hint.
+    pub async fn add_demand_hint(
+        &self,
+        content: &ContentId,
+        level: u64,
+        until: u64,
+        now: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO demand_hints (content, level, until, at) VALUES (?, ?, ?, ?)")
+            .bind(content.to_string())
+            .bind(level as i64)
+            .bind(until as i64)
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Demand per content at `now`: tickets issued since `since` plus live partner hints.
+    pub async fn demand(&self, since: u64, now: u64) -> Result<Vec<(ContentId, u64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT content, SUM(n) FROM (
+                 SELECT content, COUNT(*) AS n FROM tickets WHERE issued_at >= ? GROUP BY content
+                 UNION ALL
+                 SELECT content, MAX(level) AS n FROM demand_hints WHERE until > ? GROUP BY content
+             ) GROUP BY content",
+        )
+        .bind(since as i64)
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let c: String = r.get(0);
+                Ok((
+                    c.parse()
+                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
+                    r.get::<i64, _>(1).max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records what a node says about itself when it joins or beats.
+    pub async fn node_measures(
+        &self,
+        id: &PeerId,
+        boot_time: Option<u64>,
+        upload_bps: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE nodes SET boot_time = COALESCE(?, boot_time), upload_bps = ? WHERE id = ?",
+        )
+        .bind(boot_time.map(|b| b as i64))
+        .bind(upload_bps as i64)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Online sessions of every node that started or ended after `since`:
+    /// `(node, started_at, ended_at)`.
+    pub async fn sessions_since(
+        &self,
+        since: u64,
+    ) -> Result<Vec<(String, u64, Option<u64>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT node, started_at, ended_at FROM node_sessions
+             WHERE ended_at IS NULL OR ended_at >= ? ORDER BY node, started_at",
+        )
+        .bind(since as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get::<i64, _>(1) as u64,
+                    r.get::<Option<i64>, _>(2).map(|e| e as u64),
+                )
+            })
+            .collect())
     }
 
     /// Records a ticket issued through the coordinator (a sales record).

@@ -20,6 +20,7 @@ pub mod http;
 pub mod liveness;
 pub mod placement;
 pub mod publish;
+pub mod rebuild;
 pub mod registry;
 pub mod repair;
 pub mod server;

@@ -27,29 +27,16 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Run the coordinator (writes DATA_DIR/coordinator.addr once listening).
+    /// Run the coordinator (writes DATA_DIR/coordinator.addr once listening). Every setting
+    /// may also come from a TOML file (--config); a flag given here wins over the file.
     Run {
         #[arg(long)]
         data_dir: PathBuf,
-        /// QUIC listen address.
-        #[arg(long, default_value = "/ip4/127.0.0.1/udp/0/quic-v1")]
-        listen: overlay::Multiaddr,
-        /// Serve the HTTP API (health, nodes, reports as JSON) on this address, e.g. 127.0.0.1:8080.
+        /// TOML file with the settings below (same names, `-` as `_`), e.g. `repair_delay = "10m"`.
         #[arg(long)]
-        http: Option<std::net::SocketAddr>,
-        /// Check a node (probe it) after this long without a heartbeat.
-        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
-        node_timeout: Duration,
-        /// Wait between the first and second probe of a node under check; doubled after each
-        /// further failure.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        probe_interval: Duration,
-        /// Failed probes before a node is marked offline.
-        #[arg(long, default_value_t = 3)]
-        probe_attempts: u32,
-        /// Let fragments of one segment share a /24 (a lab on one network); never for production.
-        #[arg(long)]
-        allow_shared_subnet: bool,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: RunSettings,
     },
     /// List registered nodes (asks the running coordinator).
     Nodes {
@@ -118,6 +105,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fragments rebuilt by repair or added for demand, with the traffic they cost.
+    Repairs {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A partner's demand hint: more distinct fragments of a content for a while.
+    Demand {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        content: String,
+        /// Demand units, counted like tickets issued (see `run --demand-per-fragment`).
+        #[arg(long)]
+        level: u64,
+        /// How long the hint holds.
+        #[arg(long = "for", default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +170,141 @@ async fn call(dir: &Path, req: AdminRequest) -> anyhow::Result<serde_json::Value
     admin::call(dir, &data.admin_socket(), &req).await
 }
 
+/// Settings of `cm-coordinator run`, from flags or the `--config` file.
+#[derive(clap::Args, serde::Deserialize, Default, Debug)]
+#[serde(default, deny_unknown_fields)]
+struct RunSettings {
+    /// QUIC listen address [default: /ip4/127.0.0.1/udp/0/quic-v1].
+    #[arg(long)]
+    listen: Option<overlay::Multiaddr>,
+    /// Serve the HTTP API (health, nodes, reports as JSON) on this address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Check a node (probe it) after this long without a heartbeat [default: 90s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    node_timeout: Option<Duration>,
+    /// Wait between the first and second probe of a node under check; doubled after each
+    /// further failure [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    /// Failed probes before a node is marked offline [default: 3].
+    #[arg(long)]
+    probe_attempts: Option<u32>,
+    /// Let fragments of one segment share a /24 (a lab on one network); never for production.
+    #[arg(long)]
+    allow_shared_subnet: bool,
+    /// How long a node may stay offline before its fragments are rebuilt elsewhere; a node
+    /// back sooner costs nothing [default: 15m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    repair_delay: Option<Duration>,
+    /// Repair a segment when at most this many of its parity fragments remain
+    /// (0 ..= m-1; default: m/2).
+    #[arg(long)]
+    repair_threshold: Option<u8>,
+    /// How often segments are checked for repair and demand [default: 30s, at most the
+    /// repair delay].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    repair_interval: Option<Duration>,
+    /// Segments rebuilt at once [default: 4].
+    #[arg(long)]
+    repair_concurrency: Option<usize>,
+    /// Demand (tickets issued, downloads in flight, partner hints, slow reports) counts over
+    /// this window [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    demand_window: Option<Duration>,
+    /// Demand units per extra parity fragment placed for a content [default: 10].
+    #[arg(long)]
+    demand_per_fragment: Option<u64>,
+}
+
+impl RunSettings {
+    /// Flags over the file over the defaults.
+    fn merge(self, file: RunSettings) -> anyhow::Result<RunConfig> {
+        use cm_coordinator::rebuild::RebuildConfig;
+        use cm_coordinator::repair::RepairConfig;
+        let allow_shared_subnet = self.allow_shared_subnet || file.allow_shared_subnet;
+        if allow_shared_subnet {
+            tracing::warn!(
+                "allow_shared_subnet: fragments of one segment may share a network; one router failing can then lose several"
+            );
+        }
+        let listen = match self.listen.or(file.listen) {
+            Some(l) => l,
+            None => "/ip4/127.0.0.1/udp/0/quic-v1".parse()?,
+        };
+        let probe_interval = self
+            .probe_interval
+            .or(file.probe_interval)
+            .unwrap_or(Duration::from_secs(5));
+        let repair = RepairConfig {
+            threshold: self.repair_threshold.or(file.repair_threshold),
+            delay: self
+                .repair_delay
+                .or(file.repair_delay)
+                .unwrap_or(RepairConfig::default().delay),
+        };
+        let defaults = RebuildConfig::default();
+        let rebuild = RebuildConfig {
+            interval: self.repair_interval.or(file.repair_interval).unwrap_or(
+                defaults
+                    .interval
+                    .min(repair.delay.max(Duration::from_millis(100))),
+            ),
+            concurrency: self
+                .repair_concurrency
+                .or(file.repair_concurrency)
+                .unwrap_or(defaults.concurrency)
+                .max(1),
+            demand_window: self
+                .demand_window
+                .or(file.demand_window)
+                .unwrap_or(defaults.demand_window),
+            demand_per_fragment: self
+                .demand_per_fragment
+                .or(file.demand_per_fragment)
+                .unwrap_or(defaults.demand_per_fragment)
+                .max(1),
+            ..defaults
+        };
+        Ok(RunConfig {
+            listen,
+            http: self.http.or(file.http),
+            liveness: cm_coordinator::liveness::LivenessConfig {
+                heartbeat_timeout: self
+                    .node_timeout
+                    .or(file.node_timeout)
+                    .unwrap_or(Duration::from_secs(90)),
+                probe_attempts: self
+                    .probe_attempts
+                    .or(file.probe_attempts)
+                    .unwrap_or(3)
+                    .max(1),
+                probe_backoff: probe_interval,
+                ..Default::default()
+            },
+            probe_timeout: probe_interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(10)),
+            placement: cm_coordinator::placement::PlacementRules {
+                distinct_subnets: !allow_shared_subnet,
+            },
+            repair,
+            rebuild,
+        })
+    }
+}
+
+/// Reads a `--config` file.
+fn read_config(path: &Path) -> anyhow::Result<RunSettings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+}
+
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init { data_dir } => {
@@ -171,33 +313,14 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Run {
             data_dir,
-            listen,
-            http,
-            node_timeout,
-            probe_interval,
-            probe_attempts,
-            allow_shared_subnet,
+            config,
+            settings,
         } => {
-            if allow_shared_subnet {
-                tracing::warn!(
-                    "--allow-shared-subnet: fragments of one segment may share a network; one router failing can then lose several"
-                );
-            }
-            let config = RunConfig {
-                listen,
-                http,
-                liveness: cm_coordinator::liveness::LivenessConfig {
-                    heartbeat_timeout: node_timeout,
-                    probe_attempts: probe_attempts.max(1),
-                    probe_backoff: probe_interval,
-                    ..Default::default()
-                },
-                probe_timeout: probe_interval
-                    .clamp(Duration::from_millis(500), Duration::from_secs(10)),
-                placement: cm_coordinator::placement::PlacementRules {
-                    distinct_subnets: !allow_shared_subnet,
-                },
+            let file = match &config {
+                Some(path) => read_config(path)?,
+                None => RunSettings::default(),
             };
+            let config = settings.merge(file)?;
             server::run(DataDir::new(&data_dir), config, shutdown_signal()).await?;
         }
         Command::Nodes { data_dir, json } => {
@@ -304,6 +427,51 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     c["min_live_fragments"],
                 );
             }
+        }
+        Command::Repairs { data_dir, json } => {
+            let out = call(&data_dir, AdminRequest::Repairs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let records = out["records"].as_array().cloned().unwrap_or_default();
+                let sum =
+                    |key: &str| -> u64 { records.iter().filter_map(|r| r[key].as_u64()).sum() };
+                println!(
+                    "{} fragments rebuilt; {} fetched, {} stored",
+                    records.len(),
+                    bytesize::ByteSize(sum("bytes_fetched")),
+                    bytesize::ByteSize(sum("bytes_stored")),
+                );
+                for r in &records {
+                    println!(
+                        "{} {:<6} content={} segment={} index={} {} -> {}",
+                        r["at"],
+                        r["kind"].as_str().unwrap_or("?"),
+                        r["content"].as_str().unwrap_or("?"),
+                        r["segment"],
+                        r["index"],
+                        r["previous"].as_str().unwrap_or("-"),
+                        r["node"].as_str().unwrap_or("?"),
+                    );
+                }
+            }
+        }
+        Command::Demand {
+            data_dir,
+            content,
+            level,
+            duration,
+        } => {
+            let out = call(
+                &data_dir,
+                AdminRequest::Demand {
+                    content,
+                    level,
+                    for_secs: duration.as_secs().max(1),
+                },
+            )
+            .await?;
+            println!("demand hint recorded until {}", out["until"]);
         }
         Command::Reports { data_dir, json } => {
             let reports = call(&data_dir, AdminRequest::Reports).await?;

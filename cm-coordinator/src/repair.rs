@@ -243,6 +243,17 @@ impl Repair {
         Some(d)
     }
 
+    /// Every content known, in the order added.
+    pub fn content_ids(&self) -> Vec<ContentId> {
+        self.contents.iter().map(|c| c.id).collect()
+    }
+
+    /// `k + m` of a content.
+    pub fn target(&self, content: &ContentId) -> Option<usize> {
+        let c = &self.contents[*self.content_index.get(content)?];
+        Some(c.layout.target())
+    }
+
     pub fn desired(&self, content: &ContentId) -> Option<usize> {
         let c = &self.contents[*self.content_index.get(content)?];
         Some(c.desired as usize)
@@ -495,7 +506,11 @@ mod tests {
         r.offline(nodes[1], t0);
         let c = r.check(later);
         assert_eq!(c.jobs.len(), 1);
-        assert_eq!(c.jobs[0].missing, vec![0, 1], "every missing index is rebuilt");
+        assert_eq!(
+            c.jobs[0].missing,
+            vec![0, 1],
+            "every missing index is rebuilt"
+        );
     }
 
     #[test]

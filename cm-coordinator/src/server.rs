@@ -30,7 +30,10 @@ use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
 use crate::placement::{Candidate, PlacementRules, Subnet};
 use crate::publish::{self, PublishParams};
+use crate::rebuild::{ContentMeta, DemandBook, RebuildConfig, RepairStats};
 use crate::registry::{OnlineNode, Registry};
+use crate::repair::{Repair, RepairConfig};
+use std::collections::HashMap;
 
 /// Validity of node certificates.
 const NODE_CERT_SECS: u64 = 365 * 24 * 3600;
@@ -49,6 +52,10 @@ pub struct RunConfig {
     pub probe_timeout: Duration,
     /// Placement rules (distinct subnets per segment unless a lab relaxes it).
     pub placement: PlacementRules,
+    /// Repair threshold and delay.
+    pub repair: RepairConfig,
+    /// Repair driver and demand settings.
+    pub rebuild: RebuildConfig,
 }
 
 /// A running coordinator's shared state.
@@ -64,6 +71,17 @@ pub struct Coordinator {
     pub liveness_wake: tokio::sync::Notify,
     pub placement: PlacementRules,
     pub addr: Multiaddr,
+    /// Decides which segments need fragments; its jobs are run by [`crate::rebuild::driver`].
+    pub repair: std::sync::Mutex<Repair>,
+    /// Wakes the repair driver (a node went offline, a job finished).
+    pub repair_wake: tokio::sync::Notify,
+    pub repair_stats: std::sync::Mutex<RepairStats>,
+    /// Downloads in flight and slow reports.
+    pub demand: std::sync::Mutex<DemandBook>,
+    /// Manifests and keys of contents being repaired.
+    pub metas: std::sync::Mutex<HashMap<ContentId, Arc<ContentMeta>>>,
+    /// The network each node was last seen on, online or not.
+    pub subnets: std::sync::Mutex<HashMap<PeerId, Subnet>>,
 }
 
 /// Runs the coordinator until `shutdown` resolves.
@@ -102,11 +120,22 @@ pub async fn run(
         liveness_wake: tokio::sync::Notify::new(),
         placement: config.placement,
         addr: addr.clone(),
+        repair: std::sync::Mutex::new(Repair::new(config.repair.clone())),
+        repair_wake: tokio::sync::Notify::new(),
+        repair_stats: Default::default(),
+        demand: Default::default(),
+        metas: Default::default(),
+        subnets: Default::default(),
     });
+    crate::rebuild::load(&coord).await?;
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
     tokio::spawn(admin_loop(coord.clone(), admin));
     tokio::spawn(liveness_driver(coord.clone(), config.probe_timeout));
+    tokio::spawn(crate::rebuild::driver(
+        coord.clone(),
+        config.rebuild.clone(),
+    ));
     if let Some(http) = config.http {
         let bound = crate::http::serve(coord.clone(), http).await?;
         overlay::store::write_atomic(
@@ -183,7 +212,7 @@ async fn handle_control(coord: Arc<Coordinator>, peer: PeerId, mut stream: Strea
 }
 
 async fn control(
-    coord: &Coordinator,
+    coord: &Arc<Coordinator>,
     peer: PeerId,
     req: ControlRequest,
 ) -> anyhow::Result<ControlResponse> {
@@ -209,8 +238,8 @@ async fn control(
             addrs,
             quota,
             used,
-            boot_time: _,
-            upload_bps: _,
+            boot_time,
+            upload_bps,
         } => {
             if !coord.db.is_node(&peer).await? {
                 return Ok(ControlResponse::Error(
@@ -223,7 +252,17 @@ async fn control(
                 .db
                 .node_joined(&peer, &shown, quota, used, now)
                 .await?;
+            coord
+                .db
+                .node_measures(&peer, (boot_time > 0).then_some(boot_time), upload_bps)
+                .await?;
             coord.net.add_addresses(peer, addrs.clone());
+            coord
+                .subnets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer, Subnet::of(peer, &addrs));
+            coord.repair().online(peer, Instant::now());
             coord.registry.join(OnlineNode {
                 id: peer,
                 addrs,
@@ -233,22 +272,25 @@ async fn control(
             });
             coord.liveness_event(Event::Joined(peer));
             info!(node = %peer, "node joined");
+            // Fragments replaced while it was away are now surplus on it.
+            let coord = coord.clone();
+            tokio::spawn(async move { crate::rebuild::send_deletes(&coord, peer).await });
             ControlResponse::Ok
         }
-        ControlRequest::Heartbeat {
-            used,
-            upload_bps: _,
-        } => {
+        ControlRequest::Heartbeat { used, upload_bps } => {
             if !coord.registry.seen(&peer, used, Instant::now()) {
                 return Ok(ControlResponse::Error("not joined; join again".into()));
             }
             coord.liveness_event(Event::Heartbeat(peer));
             coord.db.node_seen(&peer, used, now).await?;
+            coord.db.node_measures(&peer, None, upload_bps).await?;
             ControlResponse::Ok
         }
         ControlRequest::Leave => {
             coord.liveness_event(Event::Left(peer));
             if coord.registry.leave(&peer) {
+                coord.repair().offline(peer, Instant::now());
+                coord.repair_wake.notify_one();
                 coord.db.node_left(&peer, now, "leave").await?;
                 info!(node = %peer, "node left");
             }
@@ -293,6 +335,11 @@ async fn client(
             };
             let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
             let contacts = contact_list(coord, &content).await?;
+            coord
+                .demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .started(content, ticket.body().ticket_id, Instant::now());
             info!(%content, nodes = contacts.nodes.len(), "manifest and contacts sent");
             ClientResponse::Manifest { manifest, contacts }
         }
@@ -317,6 +364,14 @@ async fn client(
                 }
                 ProblemKind::Slow { .. } => ("slow", None, None),
             };
+            if matches!(p.kind, ProblemKind::Slow { .. }) {
+                // A slow download asks for more holders of the content.
+                coord
+                    .demand
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .slow(p.content, Instant::now());
+            }
             warn!(node = %p.node, kind, detail = %p.detail, "problem reported");
             if p.kind == ProblemKind::Unreachable {
                 coord.liveness_event(Event::Unreachable(p.node));
@@ -351,6 +406,11 @@ async fn client(
                     body.time,
                 )
                 .await?;
+            coord
+                .demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .completed(&body.content, &body.ticket_id);
             info!(content = %body.content, "download completed");
             ClientResponse::Ok
         }
@@ -432,6 +492,8 @@ async fn liveness_driver(coord: Arc<Coordinator>, probe_timeout: Duration) {
                 }
                 Action::Offline(node, reason) => {
                     coord.registry.leave(&node);
+                    coord.repair().offline(node, Instant::now());
+                    coord.repair_wake.notify_one();
                     let why = match reason {
                         OfflineReason::Left => "leave",
                         OfflineReason::Unreachable => "unreachable",
@@ -534,17 +596,24 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             };
             let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
             let m = &manifest.body;
-            let mut live = vec![0u32; m.segments() as usize];
             let mut placed = vec![0u32; m.segments() as usize];
             for p in coord.db.placements(&content).await? {
-                let Some(slot) = placed.get_mut(p.segment as usize) else {
-                    continue;
-                };
-                *slot += 1;
-                if coord.registry.is_online(&p.node) {
-                    live[p.segment as usize] += 1;
+                if let Some(slot) = placed.get_mut(p.segment as usize) {
+                    *slot += 1;
                 }
             }
+            let (min_live, repairs_pending, desired) = {
+                let repair = coord.repair();
+                let (min_live, pending) = repair
+                    .content_health(&content, Instant::now())
+                    .unwrap_or((0, 0));
+                (
+                    min_live,
+                    pending,
+                    repair.desired(&content).unwrap_or(m.target()),
+                )
+            };
+            let (fragments, fetched, stored) = coord.db.repair_totals(&content).await?;
             Ok(serde_json::json!({
                 "id": content.to_string(),
                 "size": m.size,
@@ -554,10 +623,45 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                 "m": m.parity_shards,
                 "spare": m.spare_shards,
                 "target_fragments": m.target(),
+                "desired_fragments": desired,
                 "min_placed_fragments": placed.iter().min().copied().unwrap_or(0),
-                "min_live_fragments": live.iter().min().copied().unwrap_or(0),
-                "segments_below_target": live.iter().filter(|&&l| (l as usize) < m.target()).count(),
+                "min_live_fragments": min_live,
+                "repairs_pending": repairs_pending,
+                "repaired_fragments": fragments,
+                "repair_bytes_fetched": fetched,
+                "repair_bytes_stored": stored,
             }))
+        }
+        AdminRequest::Repairs => {
+            let stats = coord
+                .repair_stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            Ok(serde_json::json!({
+                "since_start": stats,
+                "records": coord.db.repairs().await?,
+            }))
+        }
+        AdminRequest::Demand {
+            content,
+            level,
+            for_secs,
+        } => {
+            let content: ContentId = content.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            if coord.db.content(&content).await?.is_none() {
+                anyhow::bail!("unknown content {content}");
+            }
+            let now = now_secs();
+            coord
+                .db
+                .add_demand_hint(&content, level, now + for_secs, now)
+                .await?;
+            coord.repair_wake.notify_one();
+            info!(%content, level, for_secs, "demand hint recorded");
+            Ok(
+                serde_json::json!({ "content": content.to_string(), "level": level, "until": now + for_secs }),
+            )
         }
         AdminRequest::Liveness => {
             let liveness = coord.liveness.lock().unwrap_or_else(|p| p.into_inner());
@@ -629,6 +733,18 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                     now_secs(),
                 )
                 .await?;
+            {
+                let mut repair = coord.repair();
+                let now = Instant::now();
+                crate::rebuild::add_content(
+                    &mut repair,
+                    published.content,
+                    &published.manifest.body,
+                );
+                for p in &published.placements {
+                    repair.set_holder(&published.content, p.segment, p.index, Some(p.node), now);
+                }
+            }
             info!(content = %published.content, fragments = published.placements.len(), "published");
             Ok(serde_json::json!({
                 "content": published.content.to_string(),

@@ -58,6 +58,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 pub struct Node {
     pub dir: PathBuf,
     pub id: String,
+    pub ip: String,
     pub child: Option<Child>,
 }
 
@@ -146,26 +147,87 @@ impl Collective {
                 "1GiB",
             ],
         );
-        let child = spawn_logged(
-            "ccds-node",
-            &[
-                "run",
-                "--data-dir",
-                d,
-                "--heartbeat-interval",
-                "2s",
-                "--listen",
-                &format!("/ip4/{ip}/udp/0/quic-v1"),
-            ],
-            &self.tmp.path().join(format!("node{i}.log")),
-        );
-        let ready = dir.join("node.addr");
-        wait_for("a node to join", Duration::from_secs(30), || ready.exists());
         self.nodes.push(Node {
             dir,
             id,
-            child: Some(child),
+            ip: ip.to_string(),
+            child: None,
         });
+        self.spawn_node(i);
+    }
+
+    /// Starts the process of node `i` and waits until it has joined.
+    fn spawn_node(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let ready = node.dir.join("node.addr");
+        let _ = std::fs::remove_file(&ready);
+        // Each run appends to the node's log, so a restarted node's history stays readable.
+        let log = self.tmp.path().join(format!("node{i}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(bin("ccds-node"))
+            .args([
+                "run",
+                "--data-dir",
+                node.dir.to_str().unwrap(),
+                "--heartbeat-interval",
+                "2s",
+                "--listen",
+                &format!("/ip4/{}/udp/0/quic-v1", node.ip),
+            ])
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ccds-node: {e}"));
+        wait_for("a node to join", Duration::from_secs(30), || ready.exists());
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Restarts node `i` (killed or terminated before) on its own address and data.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is running");
+        self.spawn_node(i);
+    }
+
+    /// Fragments of `content` in node `i`'s store.
+    pub fn fragments_on(&self, i: usize, content: &str) -> usize {
+        std::fs::read_dir(self.nodes[i].dir.join("fragments").join(content))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// `cm-coordinator content show ID --json`.
+    pub fn content_show(&self, content: &str) -> serde_json::Value {
+        let out = run_ok(
+            "cm-coordinator",
+            &[
+                "content",
+                "show",
+                content,
+                "--data-dir",
+                self.cm(),
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// `cm-coordinator repairs --json`.
+    pub fn repairs(&self) -> serde_json::Value {
+        let out = run_ok(
+            "cm-coordinator",
+            &["repairs", "--data-dir", self.cm(), "--json"],
+        );
+        serde_json::from_str(&out).unwrap()
     }
 
     /// The coordinator data directory as a string.
