@@ -433,7 +433,9 @@ async fn contact_list(coord: &Coordinator, content: &ContentId) -> anyhow::Resul
         .enumerate()
         .map(|(i, n)| (*n, i as u32))
         .collect();
-    let holders = placements
+    // Holders in random order too: clients try holders in list order, so every holder of a
+    // segment (spare parity included) gets its share rather than the lowest indices.
+    let mut holders: Vec<Holder> = placements
         .iter()
         .filter_map(|p| {
             position.get(&p.node).map(|&node| Holder {
@@ -443,6 +445,7 @@ async fn contact_list(coord: &Coordinator, content: &ContentId) -> anyhow::Resul
             })
         })
         .collect();
+    holders.shuffle(&mut rand::rng());
     let nodes = nodes
         .into_iter()
         .map(|n| Contact {
