@@ -1,4 +1,5 @@
-//! `/ccds/client/1`, client side: manifest and contacts, problem reports, completion report.
+//! `/ccds/client/1`, client side: manifest and contacts, fresh contacts, problem reports,
+//! completion report.
 //!
 //! # Participants
 //! The client and the CM named in the ticket file; one stream per request.
@@ -107,6 +108,25 @@ impl Coordinator {
         Ok((manifest, contacts))
     }
 
+    /// Asks for a fresh contact list for the ticket's content (the CM checks the ticket again),
+    /// for a download whose holders stopped answering.
+    pub async fn contacts(&self, net: &Net, ticket: &Ticket) -> Result<ContactList, ClientError> {
+        let request = ClientRequest::Contacts {
+            ticket: ticket.clone(),
+        };
+        // A contact list is as large as the manifest's fragment table, so it gets that limit.
+        match self.request(net, &request, proto::MAX_MANIFEST_MSG).await? {
+            ClientResponse::Contacts(contacts) => Ok(contacts),
+            ClientResponse::Error(reason) => Err(ClientError::CoordinatorRefused(reason)),
+            ClientResponse::Ok | ClientResponse::Manifest { .. } => {
+                Err(ClientError::CoordinatorProtocol {
+                    peer: self.peer,
+                    reason: "answered something other than a contact list".into(),
+                })
+            }
+        }
+    }
+
     /// Sends the signed completion report.
     pub async fn complete(&self, net: &Net, report: CompletionReport) -> Result<(), ClientError> {
         match self
@@ -161,6 +181,8 @@ pub struct Reporter {
     pub corrupt: u64,
     /// Unreachable-node reports sent (or attempted).
     pub unreachable: u64,
+    /// Slow-node reports sent (or attempted).
+    pub slow: u64,
 }
 
 impl Reporter {
@@ -174,6 +196,7 @@ impl Reporter {
             slots: Arc::new(Semaphore::new(REPORTS_IN_FLIGHT)),
             corrupt: 0,
             unreachable: 0,
+            slow: 0,
         }
     }
 
@@ -189,6 +212,7 @@ impl Reporter {
                 warn!(%node, segment, index, %detail, "corrupt fragment; reporting it to the coordinator");
             }
             ProblemKind::Slow { bytes_per_sec } => {
+                self.slow += 1;
                 warn!(%node, bytes_per_sec, %detail, "slow node; reporting it to the coordinator");
             }
         }

@@ -2,12 +2,14 @@
 //!
 //! One task owns the scheduler and runs the loop: start every fetch the scheduler hands out
 //! (each on its own task), feed outcomes back, hand complete segments to blocking tasks that
-//! decode, decrypt and write them, and pass problem reports to the [`Reporter`]. Nothing here
-//! decides which node to use; everything here does I/O.
+//! decode, decrypt and write them, pass problem reports to the [`Reporter`], and fetch the
+//! fresh contact lists the scheduler asks for (their addresses go into the address book).
+//! Nothing here decides which node to use; everything here does I/O.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -16,7 +18,7 @@ use overlay::codec::{CodecError, SegmentCodec};
 use overlay::identity::{Identity, Signed};
 use overlay::manifest::Manifest;
 use overlay::net::{Net, split_peer};
-use overlay::proto;
+use overlay::proto::{self, ContactList};
 use overlay::ticket::TicketFile;
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinError, JoinSet};
@@ -136,9 +138,7 @@ pub async fn get_until(
         nodes = contacts.nodes.len(),
         "manifest received"
     );
-    for c in &contacts.nodes {
-        net.add_addresses(c.node, c.addrs.clone());
-    }
+    remember_addresses(&net, &contacts);
     let segments = manifest.segments();
     let opened = PartFile::open(
         &opts.out,
@@ -177,6 +177,9 @@ pub async fn get_until(
     let mut reporter = Reporter::new(net.clone(), cm.clone(), body.content);
     let mut driver = Driver {
         sched,
+        cm: cm.clone(),
+        refreshes: JoinSet::new(),
+        contact_refreshes: 0,
         ctx: Arc::new(FetchContext {
             net: net.clone(),
             identity: identity.clone(),
@@ -189,6 +192,7 @@ pub async fn get_until(
         part: part.clone(),
         fetches: JoinSet::new(),
         handles: HashMap::new(),
+        received: HashMap::new(),
         node_slots: HashMap::new(),
         decodes: JoinSet::new(),
         buffers: HashMap::new(),
@@ -206,6 +210,7 @@ pub async fn get_until(
     };
     let interrupted = matches!(result, Err(ClientError::Interrupted { .. }));
     let segments_fetched = driver.segments_fetched;
+    let contact_refreshes = driver.contact_refreshes;
     drop(driver);
     progress.finish_and_clear();
     // Reports matter most when the download failed: deliver them before saying so (briefly
@@ -239,8 +244,20 @@ pub async fn get_until(
             .collect(),
         corrupt_reports: reporter.corrupt,
         unreachable_reports: reporter.unreachable,
+        slow_reports: reporter.slow,
+        contact_refreshes,
         path: opts.out.display().to_string(),
     })
+}
+
+/// Puts the addresses of a contact list's nodes into the address book. A contact without
+/// addresses leaves what is known of that node alone.
+fn remember_addresses(net: &Net, contacts: &ContactList) {
+    for c in &contacts.nodes {
+        if !c.addrs.is_empty() {
+            net.add_addresses(c.node, c.addrs.clone());
+        }
+    }
 }
 
 /// Refuses manifests whose pieces could never cross the wire.
@@ -280,12 +297,19 @@ type FetchDone = (Fetch, Outcome, Option<Vec<u8>>);
 
 struct Driver {
     sched: Scheduler,
+    cm: Coordinator,
+    /// The fresh contact list being fetched, if any (the scheduler asks for one at a time).
+    refreshes: JoinSet<Result<ContactList, ClientError>>,
+    /// Fresh contact lists asked for.
+    contact_refreshes: u64,
     ctx: Arc<FetchContext>,
     manifest: Arc<Manifest>,
     codec: Arc<SegmentCodec>,
     part: Arc<PartFile>,
     fetches: JoinSet<FetchDone>,
     handles: HashMap<FetchId, AbortHandle>,
+    /// Bytes received so far by each running fetch.
+    received: HashMap<FetchId, Arc<AtomicU64>>,
     /// One permit per node: an aborted fetch's stream lives until its task is dropped, so the
     /// next fetch to that node waits for it rather than overlapping.
     node_slots: HashMap<PeerId, Arc<Semaphore>>,
@@ -315,6 +339,7 @@ impl Driver {
             tokio::select! {
                 Some(joined) = self.fetches.join_next() => self.on_fetched(joined),
                 Some(joined) = self.decodes.join_next() => self.on_decoded(joined)?,
+                Some(joined) = self.refreshes.join_next() => self.on_contacts(joined),
                 _ = sleep_until(deadline), if deadline.is_some() => {}
                 else => {
                     return Err(ClientError::Internal(
@@ -335,12 +360,15 @@ impl Driver {
             );
             return;
         };
+        let received = Arc::new(AtomicU64::new(0));
+        self.received.insert(f.id, received.clone());
         let job = FetchJob {
             node: f.node,
             segment: f.segment,
             index: f.index,
             len: self.manifest.fragment_len(f.segment),
             hash,
+            received,
         };
         let ctx = self.ctx.clone();
         let slot = self
@@ -371,6 +399,7 @@ impl Driver {
                     .map(|(&id, _)| id);
                 if let Some(id) = id {
                     self.handles.remove(&id);
+                    self.received.remove(&id);
                     self.sched.on_result(
                         id,
                         Outcome::Broken(format!("fetch task failed: {e}")),
@@ -381,7 +410,15 @@ impl Driver {
             }
         };
         self.handles.remove(&f.id);
+        self.received.remove(&f.id);
         let verified = matches!(outcome, Outcome::Verified { .. });
+        if verified {
+            // This fragment may complete its segment and overtake the others' fetches: let
+            // the scheduler know what those received, for the rate it measures of their nodes.
+            for (&id, received) in &self.received {
+                self.sched.on_progress(id, received.load(Ordering::Relaxed));
+            }
+        }
         if self.sched.on_result(f.id, outcome, Instant::now())
             && verified
             && let Some(data) = data
@@ -399,8 +436,10 @@ impl Driver {
         while let Some(action) = self.sched.poll_action() {
             match action {
                 Action::Report { node, kind, detail } => reporter.report(node, kind, detail),
+                Action::RefreshContacts => self.refresh_contacts(),
                 Action::Decode { segment, cancel } => {
                     for id in cancel {
+                        self.received.remove(&id);
                         if let Some(h) = self.handles.remove(&id) {
                             h.abort();
                         }
@@ -414,6 +453,47 @@ impl Driver {
             && let Some((segment, fragments)) = self.ready.pop_front()
         {
             self.spawn_decode(segment, fragments);
+        }
+    }
+
+    /// Asks the CM for a fresh contact list in the background.
+    fn refresh_contacts(&mut self) {
+        self.contact_refreshes += 1;
+        info!(
+            asked = self.contact_refreshes,
+            "too few holders answer; asking the coordinator for fresh contacts"
+        );
+        let (cm, net, ticket) = (
+            self.cm.clone(),
+            self.ctx.net.clone(),
+            self.ctx.ticket.clone(),
+        );
+        self.refreshes
+            .spawn(async move { cm.contacts(&net, &ticket).await });
+    }
+
+    /// Feeds a fresh contact list (or its absence) to the scheduler.
+    fn on_contacts(&mut self, joined: Result<Result<ContactList, ClientError>, JoinError>) {
+        let now = Instant::now();
+        match joined {
+            Ok(Ok(contacts)) => {
+                info!(
+                    nodes = contacts.nodes.len(),
+                    holders = contacts.holders.len(),
+                    "fresh contacts received"
+                );
+                remember_addresses(&self.ctx.net, &contacts);
+                let peers: Vec<PeerId> = contacts.nodes.iter().map(|c| c.node).collect();
+                self.sched.add_contacts(&peers, &contacts.holders, now);
+            }
+            Ok(Err(e)) => {
+                warn!("no fresh contacts: {e}");
+                self.sched.contacts_unavailable(now);
+            }
+            Err(e) => {
+                warn!("fresh contacts request failed: {e}");
+                self.sched.contacts_unavailable(now);
+            }
         }
     }
 

@@ -14,6 +14,7 @@
 //! Choosing nodes or retrying: the outcome goes back to the [`crate::scheduler`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -44,6 +45,8 @@ pub struct FetchJob {
     pub len: usize,
     /// BLAKE3 root from the manifest.
     pub hash: [u8; 32],
+    /// Fragment bytes received so far, for the scheduler's rate of a fetch it overtakes.
+    pub received: Arc<AtomicU64>,
 }
 
 /// What every fetch of one download shares.
@@ -125,7 +128,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             job.len
         )));
     }
-    let data = read_limited(ctx, stream, len).await?;
+    let data = read_limited(ctx, stream, len, &job.received).await?;
     let hash = fragment_hash(&data);
     if hash != job.hash {
         return Err(Outcome::Mismatch(format!(
@@ -151,11 +154,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Reads exactly `len` bytes (already checked against the manifest) in chunks, paced by the
-/// rate limiter, with a timeout on each chunk.
+/// rate limiter, with a timeout on each chunk; `received` follows the progress.
 async fn read_limited<S: AsyncRead + Unpin>(
     ctx: &FetchContext,
     stream: &mut S,
     len: usize,
+    received: &AtomicU64,
 ) -> Result<Vec<u8>, Outcome> {
     let mut data = vec![0u8; len];
     let mut filled = 0;
@@ -168,6 +172,7 @@ async fn read_limited<S: AsyncRead + Unpin>(
             )));
         }
         filled += n;
+        received.store(filled as u64, Ordering::Relaxed);
         ctx.limiter.consume(n as u64).await;
     }
     Ok(data)

@@ -4,10 +4,12 @@
 //! # Layout
 //!
 //! * [`scheduler`]: the sans-I/O heart — which fragment to fetch next from which node, retries,
-//!   node health, spare fetches beside slow ones, and when to give up.
+//!   node health, spare fetches beside slow ones, slow-node reports, fresh contact lists when
+//!   too few holders answer, and when to give up.
 //! * [`download`]: the async driver around the scheduler (`ccds-client get`).
 //! * [`fetch`]: `/ccds/fetch/1` client side — one verified, receipted fragment.
-//! * [`coordinator`]: `/ccds/client/1` client side — manifest, problem and completion reports.
+//! * [`coordinator`]: `/ccds/client/1` client side — manifest and contacts, fresh contacts,
+//!   problem and completion reports.
 //! * [`output`] and [`resume`]: `PATH.part`, its resume state, and the final rename.
 //! * [`accounting`]: per-node counters behind receipts and the completion report.
 //! * [`rate`]: the `--limit-rate` token bucket.

@@ -3,8 +3,9 @@
 //! # Participants
 //! The driver ([`crate::download`]) asks [`Scheduler::next_fetch`] for work, runs each fetch on
 //! the network, and feeds the [`Outcome`] back with [`Scheduler::on_result`]. The scheduler
-//! answers with [`Action`]s: problem reports for the CM, and segments whose `k` verified
-//! fragments are all in, ready to decode. Time comes in as `now: Instant` arguments.
+//! answers with [`Action`]s: problem reports for the CM, requests for a fresh contact list,
+//! and segments whose `k` verified fragments are all in, ready to decode. Time comes in as
+//! `now: Instant` arguments.
 //!
 //! # Goals
 //! * At most one stream per node at any moment, so no node is asked for more than it can give.
@@ -17,8 +18,26 @@
 //! * A slow fetch never stalls a segment either: once it runs much longer than fetches usually
 //!   take, a spare fetch of another fragment starts on another node; the first `k` win and the
 //!   rest are cancelled.
-//! * When a segment can no longer get `k` fragments, the download fails with a tally of what
-//!   every holder of that segment answered.
+//! * A node whose goodput (bytes received per second of stream time) falls far below the median
+//!   of the other nodes, over a meaningful sample, is *demoted*: reported to the CM once as
+//!   [`ProblemKind::Slow`] (so it can add holders or move fragments away) and from then on used
+//!   only when no other holder can serve.
+//! * When a segment can no longer get `k` fragments from the holders it knows, the driver is
+//!   asked for a fresh contact list ([`Action::RefreshContacts`], fed back through
+//!   [`Scheduler::add_contacts`]), a bounded number of times and no more often than
+//!   [`Config::refresh_interval`]; the other segments carry on meanwhile. Only when the
+//!   refreshes are used up does the download fail, with a tally of what every holder of that
+//!   segment answered.
+//!
+//! # Fresh contact lists
+//! A fresh list is merged into what is known: a peer already known keeps its node entry (its
+//! speed, strikes and health), new peers become new nodes, and new holders join their segments.
+//! Holders missing from the fresh list are kept: the client learns on its own who answers.
+//! Nodes dropped for the download (unreachable, refusing) stay dropped even when listed again:
+//! the CM learns of them from this client's own reports, and keeps listing them until its
+//! check-alive probes are done, so a listing is no evidence that they are back.
+//! A contact list that cannot cover a segment before any fetch (the CM's own view) still fails
+//! at once: a fresh list a moment later would say the same.
 //!
 //! # Non-goals
 //! Verifying data (the fetcher checks every fragment against the manifest before reporting
@@ -47,6 +66,21 @@ pub struct Config {
     pub hedge_min: Duration,
     /// A fetch running this many times longer than the average fetch is slow.
     pub hedge_factor: f64,
+    /// A node whose goodput is this many times below the median of the other nodes is slow:
+    /// it is reported and used only when no other holder can serve.
+    pub slow_ratio: f64,
+    /// Fetches a node must have ended (delivered, or been overtaken by a spare) before it can
+    /// be judged slow.
+    pub slow_min_fetches: u32,
+    /// Stream time a node must have used before it can be judged slow: short fetches measure
+    /// connection set-up more than the node's bandwidth.
+    pub slow_min_time: Duration,
+    /// Other nodes with a measured goodput needed for a median worth comparing against.
+    pub slow_min_peers: usize,
+    /// Fresh contact lists asked for at most, per download, when a segment runs out of holders.
+    pub max_refreshes: u32,
+    /// Shortest time between two requests for a fresh contact list.
+    pub refresh_interval: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +91,12 @@ impl Default for Config {
             hedge_initial: Duration::from_secs(10),
             hedge_min: Duration::from_secs(1),
             hedge_factor: 4.0,
+            slow_ratio: 10.0,
+            slow_min_fetches: 2,
+            slow_min_time: Duration::from_secs(1),
+            slow_min_peers: 2,
+            max_refreshes: 3,
+            refresh_interval: Duration::from_secs(2),
         }
     }
 }
@@ -103,12 +143,16 @@ pub enum Outcome {
 /// What the driver must do after feeding results.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Tell the CM about a node that failed.
+    /// Tell the CM about a node that failed or is slow.
     Report {
         node: PeerId,
         kind: ProblemKind,
         detail: String,
     },
+    /// A segment ran out of holders that answer: ask the CM for a fresh contact list for the
+    /// same ticket and feed it to [`Scheduler::add_contacts`], or call
+    /// [`Scheduler::contacts_unavailable`] if it cannot be had. At most one is outstanding.
+    RefreshContacts,
     /// `k` verified fragments of `segment` are in: decode and write it, then call
     /// [`Scheduler::on_written`]. The fetches in `cancel` are no longer needed: abort them
     /// (their nodes are already free again).
@@ -139,8 +183,10 @@ pub struct Unfetchable {
 /// What the holders of one segment answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HolderTally {
-    /// Holders the CM listed for the segment.
+    /// Holders the CM listed for the segment, over all its contact lists.
     pub holders: usize,
+    /// Fresh contact lists asked for after the first one.
+    pub refreshes: u32,
     /// Distinct nodes among them.
     pub nodes: usize,
     /// Holders that delivered a verified fragment.
@@ -160,9 +206,13 @@ impl fmt::Display for HolderTally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the coordinator listed {} holders on {} nodes: {} answered",
-            self.holders, self.nodes, self.answered
+            "the coordinator listed {} holders on {} nodes",
+            self.holders, self.nodes
         )?;
+        if self.refreshes > 0 {
+            write!(f, " over {} contact lists", self.refreshes + 1)?;
+        }
+        write!(f, ": {} answered", self.answered)?;
         let parts = [
             (self.unreachable, "unreachable"),
             (self.refused, "refused"),
@@ -204,20 +254,53 @@ struct Node {
     /// Fragments the CM said it holds but it did not have.
     misses: u32,
     /// Fetches overtaken by spare fetches because they ran too long (less one per success).
-    slow: u32,
+    overtaken: u32,
     /// Fragments from this node that failed verification.
     corrupt: u32,
+    /// Bytes received from this node: verified fragments, and what overtaken fetches had
+    /// received when they were cancelled.
+    delivered: u64,
+    /// Stream time of its fetches that delivered or were overtaken (the goodput's divisor).
+    busy_time: Duration,
+    /// Fetches counted in `busy`.
+    sampled: u32,
+    /// Judged slow (and reported): used only when no other holder can serve.
+    demoted: bool,
 }
 
 impl Node {
+    fn new(peer: PeerId) -> Self {
+        Self {
+            peer,
+            health: Health::Usable,
+            busy: None,
+            rate: None,
+            strikes: 0,
+            misses: 0,
+            overtaken: 0,
+            corrupt: 0,
+            delivered: 0,
+            busy_time: Duration::ZERO,
+            sampled: 0,
+            demoted: false,
+        }
+    }
+
     fn usable(&self) -> bool {
         self.health == Health::Usable
+    }
+
+    /// Bytes received per second of stream time, over fetches that delivered or were
+    /// overtaken by a spare (with what they had received by then).
+    fn goodput(&self) -> f64 {
+        self.delivered as f64 / self.busy_time.as_secs_f64().max(1e-3)
     }
 
     /// Higher is better. Untried nodes come first, so each gets a chance to show its speed;
     /// nodes that failed without ever delivering come last; corrupt data costs the most.
     fn score(&self) -> f64 {
-        let clean = self.strikes == 0 && self.misses == 0 && self.corrupt == 0 && self.slow == 0;
+        let clean =
+            self.strikes == 0 && self.misses == 0 && self.corrupt == 0 && self.overtaken == 0;
         let base = match self.rate {
             Some(rate) => rate,
             None if clean => f64::MAX,
@@ -225,10 +308,14 @@ impl Node {
         };
         base / (1.0 + self.strikes as f64)
             / (1.0 + self.misses as f64)
-            / (1.0 + 4.0 * self.slow as f64)
+            / (1.0 + 4.0 * self.overtaken as f64)
             / (1.0 + 100.0 * self.corrupt as f64)
     }
 }
+
+/// How welcome a holder's node is for a segment: (demoted as slow, already used by the
+/// segment). Lower is better; speed only decides within a class.
+type Class = (bool, bool);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fragment {
@@ -270,6 +357,21 @@ struct InFlight {
     index: u16,
     node: usize,
     started: Instant,
+    /// Bytes received so far, as last told by [`Scheduler::on_progress`].
+    received: u64,
+}
+
+/// Fresh contact lists asked for, and when.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// Requests emitted so far.
+    asked: u32,
+    /// Fresh lists received and merged.
+    received: u32,
+    /// A request is out and neither answered nor given up.
+    pending: bool,
+    /// When the last request was emitted.
+    last: Option<Instant>,
 }
 
 /// The download scheduler's state.
@@ -278,6 +380,8 @@ pub struct Scheduler {
     config: Config,
     layout: Layout,
     nodes: Vec<Node>,
+    /// Node of each peer, so that fresh contact lists map known peers to their entries.
+    by_peer: HashMap<PeerId, usize>,
     segments: Vec<Segment>,
     /// Segments in `Fetching` or `Decoding`, oldest first.
     active: VecDeque<u64>,
@@ -289,6 +393,12 @@ pub struct Scheduler {
     /// Average duration of a successful fetch, once one finished.
     avg_fetch: Option<Duration>,
     remaining: u64,
+    /// An active segment that cannot reach `k` with the holders known, waiting for a fresh
+    /// contact list (as of the last review).
+    starved: Option<u64>,
+    /// Something that can starve a segment happened since the last review.
+    review_needed: bool,
+    refresh: Refresh,
     /// A segment that can no longer reach `k`: no new fetches start, and the download fails
     /// once that segment's running fetches have ended (so every answer is counted and reported).
     doomed: Option<u64>,
@@ -306,32 +416,7 @@ impl Scheduler {
         holders: &[Holder],
         finished: impl Fn(u64) -> bool,
     ) -> Self {
-        // A peer listed twice is one node: map every listing to its first position.
-        let mut first_seen: HashMap<PeerId, usize> = HashMap::new();
-        let mut unique = Vec::new();
-        let position: Vec<usize> = nodes
-            .iter()
-            .map(|&peer| {
-                *first_seen.entry(peer).or_insert_with(|| {
-                    unique.push(peer);
-                    unique.len() - 1
-                })
-            })
-            .collect();
-        let nodes: Vec<Node> = unique
-            .iter()
-            .map(|&peer| Node {
-                peer,
-                health: Health::Usable,
-                busy: None,
-                rate: None,
-                strikes: 0,
-                misses: 0,
-                slow: 0,
-                corrupt: 0,
-            })
-            .collect();
-        let mut segments: Vec<Segment> = (0..layout.segments)
+        let segments: Vec<Segment> = (0..layout.segments)
             .map(|s| Segment {
                 phase: if finished(s) {
                     Phase::Done
@@ -344,25 +429,12 @@ impl Scheduler {
                 failed: HashMap::new(),
             })
             .collect();
-        for h in holders {
-            let (segment, index) = (h.segment as usize, h.index);
-            let Some(&node) = position.get(h.node as usize) else {
-                continue;
-            };
-            if (index as usize) >= layout.shards {
-                continue;
-            }
-            if let Some(seg) = segments.get_mut(segment)
-                && !seg.holders.contains(&(index, node))
-            {
-                seg.holders.push((index, node));
-            }
-        }
         let remaining = segments.iter().filter(|s| s.phase != Phase::Done).count() as u64;
         let mut scheduler = Self {
             config,
             layout,
-            nodes,
+            nodes: Vec::new(),
+            by_peer: HashMap::new(),
             segments,
             active: VecDeque::new(),
             cursor: 0,
@@ -371,16 +443,75 @@ impl Scheduler {
             actions: VecDeque::new(),
             avg_fetch: None,
             remaining,
+            starved: None,
+            review_needed: false,
+            refresh: Refresh::default(),
             doomed: None,
             failure: None,
         };
-        // A segment the contact list cannot cover fails the download before any byte moves.
+        scheduler.merge(nodes, holders);
+        // A segment the CM's own list cannot cover fails the download before any byte moves:
+        // a fresh list a moment later would say the same.
         if let Some(segment) =
             (0..layout.segments).find(|&s| scheduler.segment_infeasible(s as usize))
         {
             scheduler.doom(segment);
         }
         scheduler
+    }
+
+    /// Merges a fresh contact list (the answer to [`Action::RefreshContacts`]): known peers
+    /// keep their node entries, new peers and new holders are added, and segments that were
+    /// waiting for holders carry on. Nodes dropped for this download stay dropped. Holders
+    /// naming a segment, a fragment or a node that does not exist are ignored.
+    pub fn add_contacts(&mut self, nodes: &[PeerId], holders: &[Holder], now: Instant) {
+        self.refresh.pending = false;
+        self.refresh.received += 1;
+        self.merge(nodes, holders);
+        self.review_needed = true;
+        self.review(now);
+    }
+
+    /// The fresh contact list asked for could not be had (the CM is unreachable or refused):
+    /// ask again after [`Config::refresh_interval`] while requests are left, else fail.
+    pub fn contacts_unavailable(&mut self, now: Instant) {
+        self.refresh.pending = false;
+        self.review_needed = true;
+        self.review(now);
+    }
+
+    /// Fresh contact lists asked for so far.
+    pub fn refreshes(&self) -> u32 {
+        self.refresh.asked
+    }
+
+    /// Adds `nodes` and `holders` from a contact list to what is known.
+    fn merge(&mut self, nodes: &[PeerId], holders: &[Holder]) {
+        // A peer listed twice, or already known, is one node.
+        let position: Vec<usize> = nodes
+            .iter()
+            .map(|&peer| {
+                *self.by_peer.entry(peer).or_insert_with(|| {
+                    self.nodes.push(Node::new(peer));
+                    self.nodes.len() - 1
+                })
+            })
+            .collect();
+        for h in holders {
+            let (segment, index) = (h.segment as usize, h.index);
+            let Some(&node) = position.get(h.node as usize) else {
+                continue;
+            };
+            if (index as usize) >= self.layout.shards {
+                continue;
+            }
+            if let Some(seg) = self.segments.get_mut(segment)
+                && matches!(seg.phase, Phase::Waiting | Phase::Fetching)
+                && !seg.holders.contains(&(index, node))
+            {
+                seg.holders.push((index, node));
+            }
+        }
     }
 
     /// Where the download stands.
@@ -407,6 +538,7 @@ impl Scheduler {
     /// The next fetch to start now, if any node and fragment are free for one.
     pub fn next_fetch(&mut self, now: Instant) -> Option<Fetch> {
         self.admit();
+        self.review(now);
         if self.doomed.is_some() {
             self.settle();
             return None;
@@ -449,6 +581,7 @@ impl Scheduler {
                 index,
                 node,
                 started: now,
+                received: 0,
             },
         );
         Some(Fetch {
@@ -480,16 +613,20 @@ impl Scheduler {
                 let secs = took.as_secs_f64().max(1e-3);
                 let node = &mut self.nodes[f.node];
                 node.strikes = 0;
-                node.slow = node.slow.saturating_sub(1);
+                node.overtaken = node.overtaken.saturating_sub(1);
                 let rate = bytes as f64 / secs;
                 node.rate = Some(match node.rate {
                     Some(old) => 0.7 * old + 0.3 * rate,
                     None => rate,
                 });
+                node.delivered = node.delivered.saturating_add(bytes);
+                node.busy_time += took;
+                node.sampled += 1;
                 self.avg_fetch = Some(match self.avg_fetch {
                     Some(old) => old.mul_f64(0.8) + took.mul_f64(0.2),
                     None => took,
                 });
+                self.judge(f.node);
                 if self.segments[f.segment as usize].have >= self.layout.k {
                     self.complete(f.segment, now);
                 }
@@ -533,9 +670,18 @@ impl Scheduler {
         self.segments[f.segment as usize]
             .failed
             .insert((f.index, f.node), failure);
-        self.check_active();
-        self.settle();
+        self.review_needed = true;
+        self.review(now);
         true
+    }
+
+    /// Fetch `id` has received `bytes` of its fragment so far. Optional: it lets a fetch that
+    /// is overtaken by a spare count what it received towards its node's measured rate
+    /// (otherwise it counts as nothing received). Unknown fetches are ignored.
+    pub fn on_progress(&mut self, id: FetchId, bytes: u64) {
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.received = bytes;
+        }
     }
 
     /// Segment `segment` was decoded and written: it leaves the window.
@@ -558,20 +704,45 @@ impl Scheduler {
         self.actions.pop_front()
     }
 
-    /// When a running fetch will become slow enough to deserve a spare fetch beside it:
-    /// call [`Scheduler::next_fetch`] again then. `None` if no such moment is ahead.
+    /// When to call [`Scheduler::next_fetch`] again although nothing else happened: a running
+    /// fetch becomes slow enough to deserve a spare beside it, or a segment waiting for holders
+    /// may ask for a fresh contact list. `None` if no such moment is ahead.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let slow_after = self.slow_after();
-        self.in_flight
+        let hedge = self
+            .in_flight
             .values()
             .map(|f| f.started + slow_after)
             .filter(|&t| t > now)
-            .min()
+            .min();
+        let refresh = if self.starved.is_some()
+            && self.doomed.is_none()
+            && !self.refresh.pending
+            && self.refresh.asked < self.config.max_refreshes
+        {
+            self.refresh_due()
+        } else {
+            None
+        };
+        match (hedge, refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Nodes dropped for the whole download (unreachable or refusing).
     pub fn dropped_nodes(&self) -> usize {
         self.nodes.iter().filter(|n| !n.usable()).count()
+    }
+
+    /// Nodes judged slow and reported: used only when no other holder can serve.
+    pub fn demoted_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.demoted).count()
+    }
+
+    /// When the next fresh contact list may be asked for; `None` if none was asked yet.
+    fn refresh_due(&self) -> Option<Instant> {
+        self.refresh.last.map(|t| t + self.config.refresh_interval)
     }
 
     fn slow_after(&self) -> Duration {
@@ -592,16 +763,16 @@ impl Scheduler {
             if seg.phase == Phase::Waiting {
                 seg.phase = Phase::Fetching;
                 self.active.push_back(s);
-                if self.segment_infeasible(s as usize) {
-                    self.doom(s);
-                    return;
-                }
+                // Holders may have been dropped since the contact list arrived.
+                self.review_needed = true;
             }
         }
     }
 
     /// The best free (fragment, node) for `segment`: a missing fragment, on a usable idle node
-    /// that has not failed it, preferring nodes not yet used for this segment, then speed.
+    /// that has not failed it, preferring nodes not yet used for this segment, then nodes not
+    /// demoted as slow, then speed. A busy node of a better class is waited for rather than
+    /// loading one node twice or falling back on a slow one.
     fn pick(&self, segment: u64) -> Option<(u16, usize)> {
         let seg = &self.segments[segment as usize];
         let used = |node: usize| {
@@ -609,37 +780,38 @@ impl Scheduler {
                 matches!(f, Fragment::InFlight { node: n } | Fragment::Have { node: n } if *n == node)
             })
         };
-        let mut best: Option<(bool, f64, usize, u16, usize)> = None;
-        let mut fresh_node_busy = false;
+        // (class, score, order in the list, index, node) of the best idle holder so far.
+        let mut best: Option<(Class, f64, usize, u16, usize)> = None;
+        let mut best_busy: Option<Class> = None;
         for (order, &(index, node)) in seg.holders.iter().enumerate() {
+            let n = &self.nodes[node];
             if seg.fragments[index as usize] != Fragment::Missing
                 || seg.failed.contains_key(&(index, node))
-                || !self.nodes[node].usable()
+                || !n.usable()
             {
                 continue;
             }
-            let reuse = used(node);
-            if self.nodes[node].busy.is_some() {
-                fresh_node_busy |= !reuse;
+            let class = (n.demoted, used(node));
+            if n.busy.is_some() {
+                best_busy = Some(best_busy.map_or(class, |b| b.min(class)));
                 continue;
             }
-            let score = self.nodes[node].score();
+            let score = n.score();
             let better = match best {
                 None => true,
-                Some((b_reuse, b_score, b_order, _, _)) => {
-                    (reuse, -score, order) < (b_reuse, -b_score, b_order)
+                Some((b_class, b_score, b_order, _, _)) => {
+                    (class, -score, order) < (b_class, -b_score, b_order)
                 }
             };
             if better {
-                best = Some((reuse, score, order, index, node));
+                best = Some((class, score, order, index, node));
             }
         }
-        match best {
-            // Wait for a node not yet used by this segment rather than load one node twice.
-            Some((true, ..)) if fresh_node_busy => None,
-            Some((_, _, _, index, node)) => Some((index, node)),
-            None => None,
+        let (class, _, _, index, node) = best?;
+        if best_busy.is_some_and(|b| b < class) {
+            return None;
         }
+        Some((index, node))
     }
 
     /// True if `segment` can no longer reach `k` fragments, even if every running fetch succeeds.
@@ -664,18 +836,40 @@ impl Scheduler {
         reachable < self.layout.k
     }
 
-    fn check_active(&mut self) {
+    /// Looks for an active segment that cannot reach `k` with the holders known. For one, asks
+    /// for a fresh contact list when allowed, waits while one is out or the last was too
+    /// recent, and dooms the segment once the requests are used up.
+    fn review(&mut self, now: Instant) {
         if self.doomed.is_some() {
+            self.settle();
             return;
         }
-        let failed = self
+        if !self.review_needed && self.starved.is_none() {
+            return;
+        }
+        self.review_needed = false;
+        self.starved = self
             .active
             .iter()
             .copied()
             .find(|&s| self.segment_infeasible(s as usize));
-        if let Some(s) = failed {
-            self.doom(s);
+        let Some(segment) = self.starved else {
+            return;
+        };
+        if self.refresh.pending {
+            return;
         }
+        if self.refresh.asked >= self.config.max_refreshes {
+            self.doom(segment);
+            return;
+        }
+        if self.refresh_due().is_some_and(|due| now < due) {
+            return;
+        }
+        self.refresh.asked += 1;
+        self.refresh.pending = true;
+        self.refresh.last = Some(now);
+        self.actions.push_back(Action::RefreshContacts);
     }
 
     fn doom(&mut self, segment: u64) {
@@ -697,7 +891,11 @@ impl Scheduler {
 
     /// Nothing runs and nothing can start although segments remain: fail the first stuck one.
     fn detect_stall(&mut self) {
-        if self.doomed.is_some() || !self.in_flight.is_empty() || self.remaining == 0 {
+        if self.doomed.is_some()
+            || self.starved.is_some()
+            || !self.in_flight.is_empty()
+            || self.remaining == 0
+        {
             return;
         }
         let decoding = self
@@ -716,6 +914,7 @@ impl Scheduler {
         let seg = &self.segments[segment as usize];
         let mut tally = HolderTally {
             holders: seg.holders.len(),
+            refreshes: self.refresh.received,
             ..HolderTally::default()
         };
         let mut nodes: Vec<usize> = seg.holders.iter().map(|&(_, n)| n).collect();
@@ -763,20 +962,74 @@ impl Scheduler {
             .filter(|(_, f)| f.segment == segment)
             .map(|(&id, _)| id)
             .collect();
+        let mut overtaken = Vec::new();
         for id in &cancel {
             if let Some(f) = self.in_flight.remove(id) {
                 let node = &mut self.nodes[f.node];
                 if node.busy == Some(*id) {
                     node.busy = None;
                 }
-                // Overtaken after running too long: rank the node lower from now on.
-                if now.saturating_duration_since(f.started) >= slow_after {
-                    node.slow += 1;
+                // Overtaken after running too long: rank the node lower from now on, and count
+                // its time and what it received towards its goodput.
+                let ran = now.saturating_duration_since(f.started);
+                if ran >= slow_after {
+                    node.overtaken += 1;
+                    node.delivered = node.delivered.saturating_add(f.received);
+                    node.busy_time += ran;
+                    node.sampled += 1;
+                    overtaken.push(f.node);
                 }
                 self.segments[segment as usize].fragments[f.index as usize] = Fragment::Missing;
             }
         }
         self.actions.push_back(Action::Decode { segment, cancel });
+        for node in overtaken {
+            self.judge(node);
+        }
+    }
+
+    /// Demotes and reports `node` once if its goodput, over a meaningful sample, is far below
+    /// the median goodput of the other nodes that delivered.
+    fn judge(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        if n.demoted
+            || n.sampled < self.config.slow_min_fetches
+            || n.busy_time < self.config.slow_min_time
+        {
+            return;
+        }
+        let mut others: Vec<f64> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, o)| i != node && !o.demoted && o.delivered > 0)
+            .map(|(_, o)| o.goodput())
+            .collect();
+        if others.is_empty() || others.len() < self.config.slow_min_peers {
+            return;
+        }
+        // The lower middle of an even count: the more forgiving median.
+        let mid = (others.len() - 1) / 2;
+        let (_, &mut median, _) = others.select_nth_unstable_by(mid, f64::total_cmp);
+        let rate = n.goodput();
+        if rate * self.config.slow_ratio >= median {
+            return;
+        }
+        let detail = format!(
+            "delivered {rate:.0} B/s over {} fetches in {:.1} s; the other nodes' median is \
+             {median:.0} B/s",
+            n.sampled,
+            n.busy_time.as_secs_f64()
+        );
+        let n = &mut self.nodes[node];
+        n.demoted = true;
+        self.actions.push_back(Action::Report {
+            node: n.peer,
+            kind: ProblemKind::Slow {
+                bytes_per_sec: rate as u64,
+            },
+            detail,
+        });
     }
 
     fn kill(&mut self, node: usize, why: &str, detail: &str) {
@@ -831,6 +1084,14 @@ mod tests {
             segments,
             k,
             shards,
+        }
+    }
+
+    /// The default configuration without fresh contact lists: a segment out of holders fails.
+    fn no_refresh() -> Config {
+        Config {
+            max_refreshes: 0,
+            ..Config::default()
         }
     }
 
@@ -979,6 +1240,7 @@ mod tests {
                         pending.retain(|f| !cancel.contains(&f.id));
                         s.on_written(segment);
                     }
+                    Action::RefreshContacts => panic!("no segment lacks holders"),
                 }
             }
         }
@@ -991,7 +1253,7 @@ mod tests {
     fn gives_up_clearly_when_fewer_than_k_holders_remain() {
         let nodes = peers(4);
         let mut s = Scheduler::new(
-            Config::default(),
+            no_refresh(),
             layout(1, 3, 4),
             &nodes,
             &one_per_node(1, 4),
@@ -1024,7 +1286,7 @@ mod tests {
     fn a_doomed_segment_lets_its_running_fetches_finish_before_failing() {
         let nodes = peers(4);
         let mut s = Scheduler::new(
-            Config::default(),
+            no_refresh(),
             layout(2, 3, 4),
             &nodes,
             &one_per_node(2, 4),
@@ -1058,7 +1320,7 @@ mod tests {
     fn a_doomed_segment_fails_even_when_its_last_fetch_succeeds() {
         let nodes = peers(4);
         let mut s = Scheduler::new(
-            Config::default(),
+            no_refresh(),
             layout(1, 3, 4),
             &nodes,
             &one_per_node(1, 4),
@@ -1271,10 +1533,94 @@ mod tests {
         Slow,
     }
 
+    /// The simulated collective around a scheduler: its nodes, the CM's view, what runs.
+    struct World {
+        seed: u64,
+        nodes: Vec<PeerId>,
+        kinds: Vec<Sim>,
+        holders: Vec<Holder>,
+        segments: u64,
+        shards: usize,
+        running: Vec<(Fetch, Instant)>,
+        decoding: Vec<u64>,
+        slow_reported: HashSet<PeerId>,
+        refreshed_at: Vec<Instant>,
+    }
+
+    impl World {
+        /// Carries out the scheduler's actions, as the driver does: cancelled fetches end
+        /// before new ones are asked for. A fresh contact list repeats the CM's view, sometimes
+        /// with a new good node holding a few fragments, and sometimes cannot be had. Returns
+        /// true if a fresh contact list was fed (new fetches may start).
+        fn apply(&mut self, s: &mut Scheduler, rng: &mut Rng, now: Instant) -> bool {
+            let seed = self.seed;
+            let mut fed = false;
+            for a in actions(s) {
+                match a {
+                    Action::Decode { segment, cancel } => {
+                        self.running.retain(|(f, _)| !cancel.contains(&f.id));
+                        assert!(self.running.iter().all(|(f, _)| f.segment != segment));
+                        self.decoding.push(segment);
+                    }
+                    Action::Report {
+                        node,
+                        kind: ProblemKind::Slow { .. },
+                        ..
+                    } => {
+                        let first = self.slow_reported.insert(node);
+                        assert!(first, "seed {seed}: slow node reported twice");
+                        assert!(
+                            !matches!(self.kind(node), Sim::Good),
+                            "seed {seed}: a good node reported slow"
+                        );
+                    }
+                    Action::Report { .. } => {}
+                    Action::RefreshContacts => {
+                        if let Some(&last) = self.refreshed_at.last() {
+                            let interval = s.config.refresh_interval;
+                            assert!(now >= last + interval, "seed {seed}: refreshed too soon");
+                        }
+                        self.refreshed_at.push(now);
+                        let asked = self.refreshed_at.len() as u32;
+                        assert!(asked <= s.config.max_refreshes, "seed {seed}");
+                        if rng.chance(20) {
+                            s.contacts_unavailable(now);
+                            continue;
+                        }
+                        if rng.chance(50) {
+                            self.nodes.push(PeerId::random());
+                            self.kinds.push(Sim::Good);
+                            let node = self.nodes.len() as u32 - 1;
+                            for segment in 0..self.segments as u32 {
+                                for index in 0..self.shards as u16 {
+                                    if rng.chance(30) {
+                                        self.holders.push(Holder {
+                                            segment,
+                                            index,
+                                            node,
+                                        });
+                                    }
+                                }
+                            }
+                        }
+                        s.add_contacts(&self.nodes, &self.holders, now);
+                        fed = true;
+                    }
+                }
+            }
+            fed
+        }
+
+        fn kind(&self, peer: PeerId) -> Sim {
+            let idx = self.nodes.iter().position(|p| *p == peer).unwrap();
+            self.kinds[idx]
+        }
+    }
+
     /// Drives the scheduler through a random collective with virtual time; checks that it
-    /// never loads a node twice, never stalls, and ends finished exactly when every segment
-    /// could be served.
-    /// Returns true if the download finished.
+    /// never loads a node twice, never stalls, reports a slow node at most once, asks for
+    /// fresh contacts within its bounds, and ends finished exactly when every segment could be
+    /// served. Returns true if the download finished.
     fn simulate(seed: u64) -> bool {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let k = 1 + rng.below(6) as usize;
@@ -1317,12 +1663,24 @@ mod tests {
             &holders,
             |_| false,
         );
-        let t0 = Instant::now();
-        let mut now = t0;
-        let mut running: Vec<(Fetch, Instant)> = Vec::new();
-        let mut decoding: Vec<u64> = Vec::new();
+        let mut w = World {
+            seed,
+            nodes,
+            kinds,
+            holders,
+            segments,
+            shards,
+            running: Vec::new(),
+            decoding: Vec::new(),
+            slow_reported: HashSet::new(),
+            refreshed_at: Vec::new(),
+        };
+        let mut now = Instant::now();
         let mut written = HashSet::new();
         for step in 0..100_000 {
+            if w.apply(&mut s, &mut rng, now) {
+                continue;
+            }
             match s.status() {
                 Status::Running => {}
                 Status::Finished => {
@@ -1335,26 +1693,35 @@ mod tests {
                 }
             }
             while let Some(f) = s.next_fetch(now) {
-                let busy = running.iter().any(|(r, _)| r.node == f.node);
+                let busy = w.running.iter().any(|(r, _)| r.node == f.node);
                 assert!(!busy, "seed {seed}: second stream to {}", f.node);
-                let idx = nodes.iter().position(|p| *p == f.node).unwrap();
-                let took = match kinds[idx] {
+                let took = match w.kind(f.node) {
                     Sim::Slow => 20_000,
                     Sim::Dead => 5_000,
                     _ => 10 + rng.below(200),
                 };
-                running.push((f, now + Duration::from_millis(took)));
+                w.running.push((f, now + Duration::from_millis(took)));
             }
-            assert_eq!(s.in_flight(), running.len(), "seed {seed}");
+            assert_eq!(s.in_flight(), w.running.len(), "seed {seed}");
+            if w.apply(&mut s, &mut rng, now) {
+                continue;
+            }
             // Either a fetch finishes, a segment is written, or the clock reaches a deadline.
-            if !decoding.is_empty() && (running.is_empty() || rng.chance(30)) {
-                let seg = decoding.remove(rng.below(decoding.len() as u64) as usize);
+            if !w.decoding.is_empty() && (w.running.is_empty() || rng.chance(30)) {
+                let seg = w
+                    .decoding
+                    .remove(rng.below(w.decoding.len() as u64) as usize);
                 s.on_written(seg);
                 assert!(written.insert(seg), "seed {seed}: segment written twice");
                 continue;
             }
-            let Some(pos) = (0..running.len()).min_by_key(|&i| running[i].1) else {
+            let Some(pos) = (0..w.running.len()).min_by_key(|&i| w.running[i].1) else {
                 if s.status() != Status::Running {
+                    continue;
+                }
+                // Waiting to ask for fresh contacts again.
+                if let Some(deadline) = s.next_deadline(now) {
+                    now = now.max(deadline);
                     continue;
                 }
                 panic!(
@@ -1362,18 +1729,17 @@ mod tests {
                     s.status()
                 );
             };
-            let (f, done_at) = running.remove(pos);
+            let (f, done_at) = w.running.remove(pos);
             if let Some(deadline) = s.next_deadline(now)
                 && deadline < done_at
             {
                 // A spare fetch may start before this one ends.
-                running.push((f, done_at));
-                now = deadline;
+                w.running.push((f, done_at));
+                now = now.max(deadline);
                 continue;
             }
             now = now.max(done_at);
-            let idx = nodes.iter().position(|p| *p == f.node).unwrap();
-            let outcome = match kinds[idx] {
+            let outcome = match w.kind(f.node) {
                 Sim::Good | Sim::Slow => Outcome::Verified { bytes: 1000 },
                 Sim::Dead => Outcome::Unreachable("timeout".into()),
                 Sim::Liar => Outcome::Mismatch("bad hash".into()),
@@ -1382,14 +1748,6 @@ mod tests {
                 Sim::Flaky => Outcome::Verified { bytes: 1000 },
             };
             assert!(s.on_result(f.id, outcome, now), "seed {seed}");
-            // As the driver does: cancelled fetches end before new ones are asked for.
-            for a in actions(&mut s) {
-                if let Action::Decode { segment, cancel } = a {
-                    running.retain(|(f, _)| !cancel.contains(&f.id));
-                    assert!(running.iter().all(|(f, _)| f.segment != segment));
-                    decoding.push(segment);
-                }
-            }
         }
         panic!("seed {seed}: did not end");
     }
@@ -1402,6 +1760,309 @@ mod tests {
             (400..1_600).contains(&finished),
             "{finished} of 2000 finished"
         );
+    }
+
+    #[test]
+    fn a_slow_node_is_reported_once_with_its_measured_rate_and_then_used_last() {
+        // Fragments 0 and 3 on a, 1 on b, 2 on the slow node; k = 3, so until the slow node
+        // is judged, segments wait for it rather than load `a` twice. Segment 5 has no
+        // fragment 3: only the slow node can complete it, demoted or not.
+        let nodes = peers(3);
+        let (a, b, slow) = (nodes[0], nodes[1], nodes[2]);
+        let mut holders = Vec::new();
+        for segment in 0..6 {
+            for (index, node) in [(0, 0), (1, 1), (2, 2), (3, 0)] {
+                if !(segment == 5 && index == 3) {
+                    holders.push(Holder {
+                        segment,
+                        index,
+                        node,
+                    });
+                }
+            }
+        }
+        let mut s = Scheduler::new(Config::default(), layout(6, 3, 4), &nodes, &holders, |_| {
+            false
+        });
+        let took = |peer: PeerId| Duration::from_millis(if peer == slow { 500 } else { 10 });
+        let mut now = Instant::now();
+        let mut running: Vec<(Fetch, Instant)> = Vec::new();
+        let mut reports = Vec::new();
+        let mut slow_fetches = Vec::new();
+        for _ in 0..1000 {
+            if s.status() != Status::Running {
+                break;
+            }
+            while let Some(f) = s.next_fetch(now) {
+                if f.node == slow {
+                    slow_fetches.push((f.segment, reports.len()));
+                }
+                running.push((f, now + took(f.node)));
+            }
+            running.sort_by_key(|&(_, at)| at);
+            let (f, at) = running.remove(0);
+            now = at;
+            assert!(s.on_result(f.id, Outcome::Verified { bytes: 1000 }, now));
+            for action in actions(&mut s) {
+                match action {
+                    Action::Decode { segment, cancel } => {
+                        assert!(cancel.is_empty());
+                        s.on_written(segment);
+                    }
+                    Action::Report { node, kind, .. } => reports.push((node, kind)),
+                    Action::RefreshContacts => panic!("no segment lacks holders"),
+                }
+            }
+        }
+        assert_eq!(s.status(), Status::Finished);
+        // Judged after two fetches of 1000 bytes in 500 ms each: 2000 B/s, against ~100 kB/s.
+        assert_eq!(
+            reports,
+            vec![(
+                slow,
+                ProblemKind::Slow {
+                    bytes_per_sec: 2000
+                }
+            )]
+        );
+        assert_eq!(s.demoted_nodes(), 1);
+        assert!(reports.iter().all(|(n, _)| *n != a && *n != b));
+        // Before the report it served segments 0 and 1; after it only segment 5, which had
+        // no other holder left.
+        let before: Vec<u64> = slow_fetches
+            .iter()
+            .filter(|&&(_, r)| r == 0)
+            .map(|&(seg, _)| seg)
+            .collect();
+        let after: Vec<u64> = slow_fetches
+            .iter()
+            .filter(|&&(_, r)| r == 1)
+            .map(|&(seg, _)| seg)
+            .collect();
+        assert_eq!((before, after), (vec![0, 1], vec![5]));
+    }
+
+    #[test]
+    fn an_overtaken_fetch_counts_what_it_had_received() {
+        let nodes = peers(2);
+        let (slow, fast) = (nodes[0], nodes[1]);
+        let config = Config {
+            slow_min_fetches: 1,
+            slow_min_peers: 1,
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(config, layout(1, 1, 2), &nodes, &one_per_node(1, 2), |_| {
+            false
+        });
+        let t0 = Instant::now();
+        let first = drain(&mut s, t0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].node, slow);
+        // No fetch has finished yet: the spare starts after `hedge_initial`.
+        let t1 = t0 + Config::default().hedge_initial;
+        let spare = drain(&mut s, t1);
+        assert_eq!(spare.len(), 1);
+        assert_eq!(spare[0].node, fast);
+        s.on_progress(first[0].id, 5000);
+        s.on_progress(spare[0].id + 100, 1);
+        let t2 = t1 + Duration::from_millis(10);
+        s.on_result(spare[0].id, Outcome::Verified { bytes: 1000 }, t2);
+        // 5000 bytes in 10.01 s.
+        let reports: Vec<(PeerId, ProblemKind)> = actions(&mut s)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Report { node, kind, .. } => Some((node, kind)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reports,
+            vec![(slow, ProblemKind::Slow { bytes_per_sec: 499 })]
+        );
+    }
+
+    #[test]
+    fn a_slow_node_is_not_judged_without_peers_to_compare() {
+        // One node only: no median to compare against, however slow it is.
+        let nodes = peers(1);
+        let mut s = Scheduler::new(
+            Config::default(),
+            layout(3, 1, 1),
+            &nodes,
+            &one_per_node(3, 1),
+            |_| false,
+        );
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            let f = s.next_fetch(now).unwrap();
+            now += Duration::from_secs(5);
+            s.on_result(f.id, Outcome::Verified { bytes: 10 }, now);
+            for a in actions(&mut s) {
+                if let Action::Decode { segment, .. } = a {
+                    s.on_written(segment);
+                }
+            }
+        }
+        assert_eq!(s.status(), Status::Finished);
+        assert_eq!(s.demoted_nodes(), 0);
+    }
+
+    #[test]
+    fn a_segment_out_of_holders_asks_for_fresh_contacts_and_completes_with_them() {
+        // Segment 1 lists fragment 0 on a and fragments 1 and 2 on a ghost.
+        let nodes = peers(3);
+        let (a, ghost) = (nodes[0], nodes[2]);
+        let holders = vec![
+            Holder {
+                segment: 0,
+                index: 0,
+                node: 0,
+            },
+            Holder {
+                segment: 0,
+                index: 1,
+                node: 1,
+            },
+            Holder {
+                segment: 1,
+                index: 0,
+                node: 0,
+            },
+            Holder {
+                segment: 1,
+                index: 1,
+                node: 2,
+            },
+            Holder {
+                segment: 1,
+                index: 2,
+                node: 2,
+            },
+        ];
+        let config = Config {
+            window: 2,
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(config, layout(2, 2, 3), &nodes, &holders, |_| false);
+        let t0 = Instant::now();
+        let first = drain(&mut s, t0);
+        let to_ghost = first.iter().find(|f| f.node == ghost).unwrap();
+        s.on_result(
+            to_ghost.id,
+            Outcome::Unreachable("handshake failed".into()),
+            t0,
+        );
+        // Instead of failing, the scheduler asks for fresh contacts, once, and keeps going.
+        let acts = actions(&mut s);
+        assert!(acts.contains(&Action::RefreshContacts), "{acts:?}");
+        assert_eq!(s.status(), Status::Running);
+        for f in first.iter().filter(|f| f.node != ghost) {
+            s.on_result(f.id, Outcome::Verified { bytes: 1 }, t0);
+        }
+        let more = drain(&mut s, t0);
+        for f in &more {
+            s.on_result(f.id, Outcome::Verified { bytes: 1 }, t0);
+        }
+        for a in actions(&mut s) {
+            assert_ne!(a, Action::RefreshContacts, "one request at a time");
+            if let Action::Decode { segment, .. } = a {
+                assert_eq!(segment, 0);
+                s.on_written(segment);
+            }
+        }
+        assert!(drain(&mut s, t0).is_empty());
+        assert_eq!(s.status(), Status::Running, "waiting for the fresh list");
+        assert_eq!(s.next_deadline(t0), None, "the driver waits for the CM");
+        // The fresh list, in another order: a known peer, the ghost again, a new node.
+        let fresh = PeerId::random();
+        let t1 = t0 + Duration::from_millis(50);
+        s.add_contacts(
+            &[ghost, fresh, a],
+            &[
+                Holder {
+                    segment: 1,
+                    index: 0,
+                    node: 2,
+                },
+                Holder {
+                    segment: 1,
+                    index: 1,
+                    node: 0,
+                },
+                Holder {
+                    segment: 1,
+                    index: 2,
+                    node: 1,
+                },
+            ],
+            t1,
+        );
+        let next = drain(&mut s, t1);
+        // The ghost stays dropped; the new node serves fragment 2 (a already gave fragment 0).
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(
+            (next[0].segment, next[0].index, next[0].node),
+            (1, 2, fresh)
+        );
+        s.on_result(next[0].id, Outcome::Verified { bytes: 1 }, t1);
+        assert!(matches!(
+            actions(&mut s)[..],
+            [Action::Decode { segment: 1, .. }]
+        ));
+        s.on_written(1);
+        assert_eq!(s.status(), Status::Finished);
+        assert_eq!(s.refreshes(), 1);
+        assert_eq!(s.dropped_nodes(), 1);
+        assert_eq!(s.nodes.len(), 4, "known peers keep their entries");
+    }
+
+    #[test]
+    fn fresh_contacts_are_asked_for_a_bounded_number_of_times_and_not_too_often() {
+        let nodes = peers(2);
+        let mut s = Scheduler::new(
+            Config::default(),
+            layout(1, 2, 2),
+            &nodes,
+            &one_per_node(1, 2),
+            |_| false,
+        );
+        let interval = Config::default().refresh_interval;
+        let t0 = Instant::now();
+        let first = drain(&mut s, t0);
+        s.on_result(first[0].id, Outcome::Verified { bytes: 1 }, t0);
+        s.on_result(first[1].id, Outcome::NotFound, t0);
+        assert_eq!(actions(&mut s), vec![Action::RefreshContacts]);
+        // The CM knows nothing new: the same list again.
+        let same = one_per_node(1, 2);
+        s.add_contacts(&nodes, &same, t0);
+        assert!(actions(&mut s).is_empty());
+        assert_eq!(s.next_deadline(t0), Some(t0 + interval));
+        assert_eq!(s.next_fetch(t0 + interval / 2), None);
+        assert!(actions(&mut s).is_empty(), "too soon for another request");
+        let t1 = t0 + interval;
+        assert_eq!(s.next_fetch(t1), None);
+        assert_eq!(actions(&mut s), vec![Action::RefreshContacts]);
+        // The CM cannot be reached: that request counts too.
+        s.contacts_unavailable(t1);
+        assert_eq!(s.status(), Status::Running);
+        let t2 = t1 + interval;
+        assert_eq!(s.next_fetch(t2), None);
+        assert_eq!(actions(&mut s), vec![Action::RefreshContacts]);
+        s.add_contacts(&nodes, &same, t2);
+        // Three requests spent: the download fails with the usual tally.
+        let Status::Failed(err) = s.status() else {
+            panic!("expected failure, got {:?}", s.status());
+        };
+        assert_eq!(s.refreshes(), 3);
+        assert_eq!(s.next_deadline(t2), None);
+        assert_eq!(s.next_fetch(t2 + interval * 10), None);
+        assert!(actions(&mut s).is_empty());
+        let msg = err.to_string();
+        assert!(
+            msg.contains("2 holders on 2 nodes over 3 contact lists: 1 answered"),
+            "{msg}"
+        );
+        assert!(msg.contains("1 did not have the fragment"), "{msg}");
     }
 
     #[test]

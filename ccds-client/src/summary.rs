@@ -27,6 +27,10 @@ pub struct Summary {
     pub corrupt_reports: u64,
     /// Unreachable nodes reported to the coordinator.
     pub unreachable_reports: u64,
+    /// Slow nodes reported to the coordinator.
+    pub slow_reports: u64,
+    /// Fresh contact lists asked of the coordinator because too few holders answered.
+    pub contact_refreshes: u64,
     /// Where the content was written.
     #[serde(skip)]
     pub path: String,
@@ -61,11 +65,19 @@ impl fmt::Display for Summary {
             self.fragments_fetched,
             self.per_node.len(),
         )?;
-        if self.corrupt_reports + self.unreachable_reports > 0 {
+        if self.corrupt_reports + self.unreachable_reports + self.slow_reports > 0 {
             write!(
                 f,
-                "\nreported {} corrupt fragment(s) and {} unreachable node(s) to the coordinator",
-                self.corrupt_reports, self.unreachable_reports
+                "\nreported {} corrupt fragment(s), {} unreachable node(s) and {} slow node(s) \
+                 to the coordinator",
+                self.corrupt_reports, self.unreachable_reports, self.slow_reports
+            )?;
+        }
+        if self.contact_refreshes > 0 {
+            write!(
+                f,
+                "\nasked the coordinator for fresh contacts {} time(s)",
+                self.contact_refreshes
             )?;
         }
         Ok(())
@@ -88,6 +100,8 @@ mod tests {
             per_node: BTreeMap::from([("12D3Koo".to_string(), 40)]),
             corrupt_reports: 1,
             unreachable_reports: 0,
+            slow_reports: 2,
+            contact_refreshes: 1,
             path: "x".into(),
         };
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
@@ -97,6 +111,7 @@ mod tests {
             keys,
             [
                 "bytes",
+                "contact_refreshes",
                 "corrupt_reports",
                 "fragments_fetched",
                 "per_node",
@@ -104,10 +119,14 @@ mod tests {
                 "segments",
                 "segments_fetched",
                 "segments_resumed",
+                "slow_reports",
                 "unreachable_reports"
             ]
         );
         assert_eq!(v["per_node"]["12D3Koo"], 40);
-        assert!(s.to_string().contains("1 corrupt fragment(s)"));
+        let text = s.to_string();
+        assert!(text.contains("1 corrupt fragment(s)"), "{text}");
+        assert!(text.contains("2 slow node(s)"), "{text}");
+        assert!(text.contains("fresh contacts 1 time(s)"), "{text}");
     }
 }

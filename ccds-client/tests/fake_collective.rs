@@ -83,7 +83,13 @@ enum Behaviour {
     Liar,
     /// Answers NotFound to everything.
     Empty,
+    /// Serves honest bytes, but so slowly that a spare fetch elsewhere always overtakes it.
+    Slow,
 }
+
+/// How long a [`Behaviour::Slow`] node pauses before each sixteenth of a fragment: about three
+/// seconds a fragment, hundreds of times slower than an honest node on loopback.
+const SLOW_PAUSE: Duration = Duration::from_millis(200);
 
 /// A stand-in node serving the fragments it was given.
 struct FakeNode {
@@ -128,7 +134,15 @@ async fn fake_node(fragments: HashMap<(u32, u16), Bytes>, behaviour: Behaviour) 
                                 }
                                 let len = data.len() as u32;
                                 proto::write_msg(&mut s, &FetchResponse::Ok { len }).await?;
-                                s.write_all(&data).await?;
+                                if behaviour == Behaviour::Slow {
+                                    for chunk in data.chunks(data.len().div_ceil(16).max(1)) {
+                                        tokio::time::sleep(SLOW_PAUSE).await;
+                                        s.write_all(chunk).await?;
+                                        s.flush().await?;
+                                    }
+                                } else {
+                                    s.write_all(&data).await?;
+                                }
                                 s.flush().await?;
                                 let r: FetchReceipt =
                                     proto::read_msg(&mut s, proto::MAX_SMALL_MSG).await?;
@@ -160,22 +174,43 @@ struct FakeCm {
     addr: Multiaddr,
     problems: Arc<Mutex<Vec<ProblemReport>>>,
     completions: Arc<Mutex<Vec<CompletionReport>>>,
+    /// Requests for a fresh contact list received.
+    contact_requests: Arc<AtomicUsize>,
     _net: Net,
 }
 
+/// A fake CM whose fresh contact lists repeat the first one.
 async fn fake_cm(manifest: Manifest, contacts: ContactList) -> FakeCm {
+    fake_cm_refreshing(manifest, contacts.clone(), contacts).await
+}
+
+/// A fake CM that answers requests for fresh contacts with `fresh`.
+async fn fake_cm_refreshing(
+    manifest: Manifest,
+    contacts: ContactList,
+    fresh: ContactList,
+) -> FakeCm {
     let id = Identity::generate();
     let net = Net::start(&id, &[loopback()]).await.unwrap();
     let mut incoming = net.accept(proto::CLIENT).unwrap();
     let problems = Arc::new(Mutex::new(Vec::new()));
     let completions = Arc::new(Mutex::new(Vec::new()));
+    let contact_requests = Arc::new(AtomicUsize::new(0));
     let signed = Signed::sign(&id, manifest);
     {
-        let (problems, completions) = (problems.clone(), completions.clone());
+        let (problems, completions, contact_requests) = (
+            problems.clone(),
+            completions.clone(),
+            contact_requests.clone(),
+        );
         tokio::spawn(async move {
             while let Some((_, mut s)) = incoming.next().await {
-                let (problems, completions) = (problems.clone(), completions.clone());
-                let (signed, contacts) = (signed.clone(), contacts.clone());
+                let (problems, completions, contact_requests) = (
+                    problems.clone(),
+                    completions.clone(),
+                    contact_requests.clone(),
+                );
+                let (signed, contacts, fresh) = (signed.clone(), contacts.clone(), fresh.clone());
                 tokio::spawn(async move {
                     let req: ClientRequest =
                         proto::read_msg(&mut s, proto::MAX_SMALL_MSG).await.unwrap();
@@ -184,7 +219,10 @@ async fn fake_cm(manifest: Manifest, contacts: ContactList) -> FakeCm {
                             manifest: signed,
                             contacts,
                         },
-                        ClientRequest::Contacts { .. } => ClientResponse::Contacts(contacts),
+                        ClientRequest::Contacts { .. } => {
+                            contact_requests.fetch_add(1, Ordering::SeqCst);
+                            ClientResponse::Contacts(fresh)
+                        }
                         ClientRequest::Problem(p) => {
                             problems.lock().unwrap().push(p);
                             ClientResponse::Ok
@@ -205,6 +243,7 @@ async fn fake_cm(manifest: Manifest, contacts: ContactList) -> FakeCm {
         id,
         problems,
         completions,
+        contact_requests,
         _net: net,
     }
 }
@@ -350,7 +389,10 @@ async fn downloads_verifies_reports_and_receipts() {
     // Receipts: signed by the client, cumulative, sequenced; only verified fragments count.
     assert!(nodes[1].receipts.lock().unwrap().is_empty());
     for n in [&nodes[0], &nodes[2], &nodes[3], &nodes[5]] {
-        let receipts = n.receipts.lock().unwrap();
+        // The node records receipts as its stream tasks get to them: with one overlapping
+        // exchange, receipt n + 1 may be recorded before receipt n. Check them in `seq` order.
+        let mut receipts = n.receipts.lock().unwrap().clone();
+        receipts.sort_by_key(|r| r.body.seq);
         for (i, r) in receipts.iter().enumerate() {
             let body = r.verify_by(&client).unwrap();
             assert_eq!(body.node, n.peer);
@@ -487,6 +529,9 @@ async fn refuses_wrong_key_wrong_manifest_and_missing_holders() {
     let msg = err.to_string();
     assert!(matches!(err, ClientError::Unfetchable(_)), "{msg}");
     assert!(msg.contains("2 did not have the fragment"), "{msg}");
+    // Before giving up, the client asked for fresh contacts, as often as it may and no more.
+    assert_eq!(cm.contact_requests.load(Ordering::SeqCst), 3);
+    assert!(msg.contains("over 4 contact lists"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -520,4 +565,108 @@ async fn refuses_someone_elses_ticket_and_an_absent_coordinator() {
         matches!(err, ClientError::CoordinatorUnreachable { .. }),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fresh_contacts_replace_holders_that_do_not_answer() {
+    logs();
+    let content = publish(200_000, 16 * 1024, 2, 1);
+    let segments = content.fragments.len() as u32;
+    let (nodes, real) = place(&content, &[Behaviour::Honest; 3]).await;
+    // The first list sends the second half of the segments to two nodes that no longer exist
+    // (their address belongs to someone else: the handshake fails) and one that lost its data.
+    let squatter = Net::start(&Identity::generate(), &[loopback()])
+        .await
+        .unwrap();
+    let ghosts = [
+        Identity::generate().peer_id(),
+        Identity::generate().peer_id(),
+    ];
+    let empty = fake_node(HashMap::new(), Behaviour::Empty).await;
+    let mut stale = real.clone();
+    for ghost in ghosts {
+        stale.nodes.push(Contact {
+            node: ghost,
+            addrs: squatter.listen_addrs().to_vec(),
+        });
+    }
+    stale.nodes.push(Contact {
+        node: empty.peer,
+        addrs: empty.addrs.clone(),
+    });
+    let half = segments / 2;
+    for h in stale.holders.iter_mut().filter(|h| h.segment >= half) {
+        h.node = 3 + u32::from(h.index);
+    }
+    // The fresh list has the real holders, listed in another order.
+    let fresh = ContactList {
+        nodes: real.nodes.iter().rev().cloned().collect(),
+        holders: real
+            .holders
+            .iter()
+            .map(|h| Holder {
+                node: 2 - h.node,
+                ..*h
+            })
+            .collect(),
+    };
+    let cm = fake_cm_refreshing(content.manifest.clone(), stale, fresh).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, ticket, _) = client_files(dir.path(), &cm, &content, content.key);
+    let out = dir.path().join("out.bin");
+    let summary = ccds_client::get(&GetOptions::new(key, ticket, out.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content.plain);
+    let asked = cm.contact_requests.load(Ordering::SeqCst);
+    assert!(asked >= 1, "no fresh contacts asked for");
+    assert_eq!(summary.contact_refreshes, asked as u64);
+    assert!(summary.contact_refreshes <= 3);
+    // Every byte came from the real holders.
+    for peer in summary.per_node.keys() {
+        assert!(nodes.iter().any(|n| &n.peer.to_string() == peer), "{peer}");
+    }
+    let problems = cm.problems.lock().unwrap().clone();
+    assert!(
+        problems
+            .iter()
+            .any(|p| ghosts.contains(&p.node) && p.kind == ProblemKind::Unreachable),
+        "{problems:?}"
+    );
+    assert_eq!(cm.completions.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_very_slow_node_is_reported_and_the_download_completes() {
+    logs();
+    // k = 3 of 4: fragment 0 and 3 on the first node, 1 on the second, 2 on the slow one. The
+    // client waits for the slow node (it prefers a third node to loading the first one twice),
+    // so it measures it on at least two fetches before the download can end.
+    let content = publish(6 * 16 * 1024, 16 * 1024, 3, 1);
+    let (nodes, contacts) = place(
+        &content,
+        &[Behaviour::Honest, Behaviour::Honest, Behaviour::Slow],
+    )
+    .await;
+    let slow = nodes[2].peer;
+    let cm = fake_cm(content.manifest.clone(), contacts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, ticket, _) = client_files(dir.path(), &cm, &content, content.key);
+    let out = dir.path().join("out.bin");
+    let summary = ccds_client::get(&GetOptions::new(key, ticket, out.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content.plain);
+    // Reported once, to the CM, as slow, and for nothing else.
+    let problems = cm.problems.lock().unwrap().clone();
+    let slow_reports: Vec<&ProblemReport> = problems
+        .iter()
+        .filter(|p| matches!(p.kind, ProblemKind::Slow { .. }))
+        .collect();
+    assert_eq!(slow_reports.len(), 1, "{problems:?}");
+    assert_eq!(slow_reports[0].node, slow);
+    assert_eq!(summary.slow_reports, 1);
+    assert_eq!(summary.unreachable_reports, 0);
+    assert_eq!(summary.contact_refreshes, 0);
+    assert_eq!(cm.completions.lock().unwrap().len(), 1);
 }
