@@ -79,32 +79,34 @@ impl Coordinator {
         }
     }
 
-    /// Announces the node online at `addrs`.
+    /// Announces the node online at `addrs`, with its quota and bytes used, the host's boot
+    /// time (Unix seconds, 0 if unknown) and its measured upload rate (bytes per second, 0 if
+    /// not yet known).
     pub async fn join(
         &self,
         addrs: Vec<Multiaddr>,
         quota: u64,
         used: u64,
+        boot_time: u64,
+        upload_bps: u64,
     ) -> Result<(), ControlError> {
         let answer = self
             .request(&ControlRequest::Join {
                 addrs,
                 quota,
                 used,
-                boot_time: 0,
-                upload_bps: 0,
+                boot_time,
+                upload_bps,
             })
             .await?;
         expect_ok("join", answer)
     }
 
-    /// Tells the CM the node is still online.
-    pub async fn heartbeat(&self, used: u64) -> Result<(), ControlError> {
+    /// Tells the CM the node is still online, with its bytes used and measured upload rate
+    /// (bytes per second, 0 if not yet known).
+    pub async fn heartbeat(&self, used: u64, upload_bps: u64) -> Result<(), ControlError> {
         let answer = self
-            .request(&ControlRequest::Heartbeat {
-                used,
-                upload_bps: 0,
-            })
+            .request(&ControlRequest::Heartbeat { used, upload_bps })
             .await?;
         expect_ok("heartbeat", answer)
     }

@@ -115,6 +115,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         coordinator: &coordinator,
         server: &server,
         quota,
+        boot_time: crate::host::boot_time(),
         interval: options.heartbeat_interval,
         joined: AtomicBool::new(false),
     };
@@ -162,6 +163,8 @@ struct Session<'a> {
     coordinator: &'a Coordinator,
     server: &'a Server,
     quota: u64,
+    /// When the host booted (Unix seconds, 0 if unknown), reported in every join.
+    boot_time: u64,
     interval: Duration,
     /// Whether the CM has the node on its active list (as far as the node knows).
     joined: AtomicBool,
@@ -235,6 +238,8 @@ impl Session<'_> {
                 net.listen_addrs().to_vec(),
                 self.quota,
                 self.server.store().used(),
+                self.boot_time,
+                self.server.upload_bps(),
             )
             .await?;
         self.joined.store(true, Ordering::Relaxed);
@@ -245,7 +250,8 @@ impl Session<'_> {
         loop {
             tokio::time::sleep(self.interval).await;
             if self.joined.load(Ordering::Relaxed) {
-                match self.coordinator.heartbeat(self.server.store().used()).await {
+                let (used, upload_bps) = (self.server.store().used(), self.server.upload_bps());
+                match self.coordinator.heartbeat(used, upload_bps).await {
                     Ok(()) => {
                         debug!("heartbeat acknowledged");
                         continue;

@@ -14,6 +14,7 @@
 //! Enforcing receipts or the ticket's byte allowance (a later accounting step); revocation.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::AsyncWriteExt;
 use overlay::PeerId;
@@ -111,6 +112,8 @@ async fn exchange(
     };
     // The store only ever accepts fragments up to MAX_FRAGMENT, far below u32::MAX.
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    // The delivery is timed up to the receipt: see `crate::upload` for why.
+    let started = Instant::now();
     within(ctx.limits.transfer_timeout, "fragment delivery", async {
         proto::write_msg(stream, &FetchResponse::Ok { len }).await?;
         for chunk in data[..len as usize].chunks(CHUNK) {
@@ -130,7 +133,12 @@ async fn exchange(
     )
     .await;
     match receipt {
-        Ok(receipt) => keep_receipt(ctx, &ticket, receipt).await,
+        Ok(receipt) => {
+            if let Some(rate) = ctx.upload.record(u64::from(len), started.elapsed()) {
+                debug!(rate, "upload rate sampled");
+            }
+            keep_receipt(ctx, &ticket, receipt).await
+        }
         Err(StreamError::Frame(e @ (FrameError::Decode(_) | FrameError::TooLarge { .. }))) => {
             Stats::bump(&ctx.stats.receipts_invalid);
             warn!(error = %e, "malformed receipt");

@@ -10,6 +10,8 @@
 //! * [`store`]: the `/ccds/store/1` handler: CM-signed store and delete orders.
 //! * [`fetch`]: the `/ccds/fetch/1` handler: ticket check, fragment bytes, receipt.
 //! * [`receipts`]: client receipts: checks, the latest per ticket, the append-only log.
+//! * [`upload`]: the upload rate measured while serving fetches, reported to the CM.
+//! * [`host`]: facts about the host (boot time) reported to the CM.
 //! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave).
 //! * [`daemon`]: `ccds-node run`: a [`Server`] plus the control session with the CM, until
 //!   shutdown.
@@ -22,9 +24,11 @@ pub mod control;
 pub mod daemon;
 pub mod datadir;
 pub mod fetch;
+pub mod host;
 pub mod receipts;
 pub mod serve;
 pub mod store;
+pub mod upload;
 
 use std::path::PathBuf;
 

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::NodeError;
 use crate::receipts::ReceiptBook;
+use crate::upload::UploadRate;
 use crate::{fetch, store};
 
 /// Bounds on what peers can make the node do at once, and how long they may take.
@@ -130,6 +131,8 @@ pub(crate) struct Context {
     pub store: Arc<FragmentStore>,
     pub receipts: ReceiptBook,
     pub stats: Stats,
+    /// Upload rate measured over fetches served.
+    pub upload: UploadRate,
     pub limits: Limits,
     /// Permits are bytes of incoming fragment data.
     pub store_memory: Semaphore,
@@ -178,6 +181,7 @@ impl Server {
             store: options.store,
             receipts,
             stats: Stats::default(),
+            upload: UploadRate::new(),
             store_memory: Semaphore::new(limits.store_memory.max(MAX_FRAGMENT)),
             limits: limits.clone(),
         });
@@ -263,6 +267,11 @@ impl Server {
             receipts_invalid: get(&s.receipts_invalid),
             streams_dropped: get(&s.streams_dropped),
         }
+    }
+
+    /// The upload rate measured while serving fetches, bytes per second (0: not yet known).
+    pub fn upload_bps(&self) -> u64 {
+        self.ctx.upload.bytes_per_sec()
     }
 
     /// Stops accepting streams and waits up to `grace` for the streams in flight to finish.

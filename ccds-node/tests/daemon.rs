@@ -44,10 +44,19 @@ async fn registers_joins_heartbeats_rejoins_and_leaves() -> anyhow::Result<()> {
     let (_, join) = next_request(&mut requests).await?;
     match join {
         ControlRequest::Join {
-            addrs, quota, used, ..
+            addrs,
+            quota,
+            used,
+            boot_time,
+            upload_bps,
         } => {
             assert_eq!((quota, used), (1 << 20, 0));
             assert!(!addrs.is_empty());
+            // Nothing served yet, so no rate; the boot time comes from the host.
+            assert_eq!(upload_bps, 0);
+            if cfg!(target_os = "linux") {
+                assert!(boot_time > 0 && boot_time <= now_secs(), "{boot_time}");
+            }
         }
         other => anyhow::bail!("expected a join, got {other:?}"),
     }

@@ -211,6 +211,7 @@ async fn cm_signed_store_then_ticketed_fetch_returns_the_same_bytes() -> anyhow:
         index: id.index,
     };
     let receipt = receipt(&client, &ticket, f.node.peer_id(), data.len() as u64);
+    assert_eq!(f.node.upload_bps(), 0, "no delivery timed yet");
     let got = fetch(&client_net, f.node.peer_id(), &request, Some(&receipt)).await?;
     assert_eq!(
         got.response,
@@ -226,6 +227,8 @@ async fn cm_signed_store_then_ticketed_fetch_returns_the_same_bytes() -> anyhow:
     assert_eq!((stats.stored, stats.served), (1, 1));
     assert_eq!(stats.receipts_accepted, 1);
     assert_eq!(f.node.latest_receipt(&[42; 16]), Some(receipt.clone()));
+    // The delivery, large enough to time, gave the node its first upload rate.
+    assert!(f.node.upload_bps() > 0);
     let log = std::fs::read_to_string(f.dir.path().join("receipts.jsonl"))?;
     let logged: Vec<Receipt> = log
         .lines()

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod datadir;
 pub mod db;
+pub mod history;
 pub mod http;
 pub mod liveness;
 pub mod placement;

@@ -159,7 +159,8 @@ pub async fn driver(coord: Arc<Coordinator>, config: RebuildConfig) {
         if let Err(e) = update_demand(&coord, &config).await {
             error!(error = %e, "cannot compute demand");
         }
-        let check = coord.repair().check(Instant::now());
+        let free = slots.available_permits();
+        let check = coord.repair().check_top(Instant::now(), free);
         for s in check.surplus {
             info!(content = %s.content, segment = s.segment, index = s.index, node = %s.node,
                 "demand cooled; removing a spare fragment");

@@ -137,6 +137,7 @@ pub struct Repair {
 
 /// A fragment's holder as the check sees it.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum State {
     Absent,
     Live,
@@ -279,15 +280,17 @@ impl Repair {
         }
     }
 
-    fn state(&self, node: u32, now: Instant) -> State {
-        if node == NONE {
-            return State::Absent;
-        }
-        match self.offline_since[node as usize] {
-            None => State::Live,
-            Some(t) if now.saturating_duration_since(t) < self.config.delay => State::Pending,
-            Some(_) => State::Lost,
-        }
+    /// Every node's state at `now`, one byte each: a pass over millions of segments then
+    /// reads a table that fits in cache instead of chasing timestamps.
+    fn states(&self, now: Instant) -> Vec<State> {
+        self.offline_since
+            .iter()
+            .map(|o| match o {
+                None => State::Live,
+                Some(t) if now.saturating_duration_since(*t) < self.config.delay => State::Pending,
+                Some(_) => State::Lost,
+            })
+            .collect()
     }
 
     /// The least number of live fragments of any segment of `content`, and how many of its
@@ -299,8 +302,9 @@ impl Repair {
         let mut min_live = if c.segments == 0 { 0 } else { usize::MAX };
         let mut needing = 0;
         let mut missing = Vec::new();
+        let states = self.states(now);
         for (s, row) in c.holders.chunks_exact(shards).enumerate() {
-            let (live, job) = self.segment(c, row, now, &mut missing);
+            let (live, job) = self.segment(c, row, &states, &mut missing);
             min_live = min_live.min(live);
             needing += usize::from(job.is_some() || self.busy.contains(&(ci, s as u32)));
         }
@@ -313,14 +317,21 @@ impl Repair {
         &self,
         c: &Content,
         row: &[u32],
-        now: Instant,
+        states: &[State],
         missing: &mut Vec<u16>,
     ) -> (usize, Option<JobKind>) {
+        let state = |node: u32| {
+            if node == NONE {
+                State::Absent
+            } else {
+                states[node as usize]
+            }
+        };
         let k = c.layout.k as usize;
         let desired = c.desired as usize;
         let (mut live, mut pending) = (0, 0);
         for &node in &row[..desired] {
-            match self.state(node, now) {
+            match state(node) {
                 State::Live => live += 1,
                 State::Pending => pending += 1,
                 State::Absent | State::Lost => {}
@@ -340,7 +351,7 @@ impl Repair {
         };
         missing.clear();
         for (i, &node) in row[..desired].iter().enumerate() {
-            match self.state(node, now) {
+            match state(node) {
                 State::Absent | State::Lost => missing.push(i as u16),
                 State::Pending if urgent => missing.push(i as u16),
                 State::Pending | State::Live => {}
@@ -353,40 +364,36 @@ impl Repair {
         (live, Some(kind))
     }
 
-    /// One pass over every segment: jobs most endangered first, surplus fragments, counts.
+    /// One pass over every segment: every job most endangered first, surplus fragments, counts.
     pub fn check(&self, now: Instant) -> Check {
+        self.check_top(now, usize::MAX)
+    }
+
+    /// Like [`Repair::check`], but only the `max_jobs` most endangered jobs are built (a
+    /// driver with a few free slots need not describe a million segments).
+    pub fn check_top(&self, now: Instant, max_jobs: usize) -> Check {
         let mut out = Check::default();
         let mut missing = Vec::new();
+        let states = self.states(now);
+        // (kind, live, content, segment): cheap to collect and sort, described later.
+        let mut found: Vec<(JobKind, u16, u32, u32)> = Vec::new();
         for (ci, c) in self.contents.iter().enumerate() {
             let shards = c.layout.shards();
             let desired = c.desired as usize;
             let k = c.layout.k as usize;
             for (s, row) in c.holders.chunks_exact(shards).enumerate() {
                 let s = s as u32;
-                let (live, kind) = self.segment(c, row, now, &mut missing);
+                let (live, kind) = self.segment(c, row, &states, &mut missing);
                 if live < k {
                     out.unreadable += 1;
                 }
                 if live < desired {
                     out.below_target += 1;
                 }
-                if self.busy.contains(&(ci, s)) {
-                    continue;
-                }
                 if let Some(kind) = kind {
-                    out.jobs.push(Job {
-                        kind,
-                        content: c.id,
-                        segment: s,
-                        live: live as u16,
-                        missing: missing.clone(),
-                        holders: row
-                            .iter()
-                            .enumerate()
-                            .filter(|&(_, &n)| self.state(n, now) == State::Live)
-                            .map(|(i, &n)| (i as u16, self.nodes[n as usize]))
-                            .collect(),
-                    });
+                    if !self.busy.contains(&(ci, s)) {
+                        found.push((kind, live as u16, ci as u32, s));
+                    }
                 } else if live == desired {
                     for (i, &node) in row.iter().enumerate().skip(desired) {
                         if node != NONE {
@@ -401,7 +408,33 @@ impl Repair {
                 }
             }
         }
-        out.jobs.sort_by_key(|j| (j.kind, j.live));
+        if found.len() > max_jobs {
+            found.select_nth_unstable(max_jobs);
+            found.truncate(max_jobs);
+        }
+        found.sort_unstable();
+        out.jobs = found
+            .into_iter()
+            .map(|(kind, live, ci, s)| {
+                let c = &self.contents[ci as usize];
+                let shards = c.layout.shards();
+                let row = &c.holders[s as usize * shards..(s as usize + 1) * shards];
+                self.segment(c, row, &states, &mut missing);
+                Job {
+                    kind,
+                    content: c.id,
+                    segment: s,
+                    live,
+                    missing: missing.clone(),
+                    holders: row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &n)| n != NONE && states[n as usize] == State::Live)
+                        .map(|(i, &n)| (i as u16, self.nodes[n as usize]))
+                        .collect(),
+                }
+            })
+            .collect();
         out
     }
 }
