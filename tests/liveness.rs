@@ -107,3 +107,40 @@ fn reports_probes_silence_and_leaves() {
     assert_eq!(c.http_get("/api/v1/liveness").1["offline_unreachable"], 2);
     assert_eq!(live(&c), 1);
 }
+
+#[test]
+fn nodes_show_history_bandwidth_and_group() {
+    let c = Collective::start(4);
+    let file = c.make_file("clip.bin", 1 << 20, 9);
+    let content = c.publish(&file, 2, 2, "512KiB");
+    let (key, client) = c.client("viewer");
+    let ticket = c.ticket(&content, &client, "1h");
+    c.get_verified(&key, &ticket, &c.path("clip.out"), &file);
+    // Serving 256 KiB fragments gives the nodes an upload rate, reported with the heartbeat.
+    wait_for(
+        "a node to report its upload rate",
+        Duration::from_secs(20),
+        || {
+            c.nodes_json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["reported_upload_bps"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    for n in c.nodes_json().as_array().unwrap() {
+        assert_eq!(n["online"], true);
+        let a5 = n["availability_5d"].as_f64().unwrap();
+        assert!(a5 > 0.0 && a5 <= 1.0, "{n}");
+        assert!(n["availability_30d"].as_f64().unwrap() <= a5, "{n}");
+        assert_eq!(n["group"], "new", "minutes-old nodes are not vetted: {n}");
+        assert_eq!(n["location"], "127.0");
+        assert!(n["boot_time"].as_u64().unwrap() > 0);
+    }
+    let table = common::run_ok("cm-coordinator", &["nodes", "--data-dir", c.cm()]);
+    let header = table.lines().next().unwrap();
+    for column in ["AV-5D", "AV-30D", "HOURS", "UPLOAD", "GROUP", "LOCATION"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert_eq!(table.lines().count(), 5);
+}

@@ -1,5 +1,7 @@
 //! The coordinator's decision cores at Internet scale, one core, no I/O:
 //! * liveness: joins and heartbeats handled per second with 1,000,000 nodes registered;
+//! * placement: one decision for a 1 GiB content (128 segments of 8 MiB, 12 fragments each)
+//!   among 1,000,000 weighted candidates;
 //! * repair: one checker pass over 10,000,000 segments (k=8, m=4) held by 1,000,000 nodes.
 //!
 //! `cargo bench -p cm-coordinator --bench scale`
@@ -8,6 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cm_coordinator::liveness::{Event, Liveness, LivenessConfig};
+use cm_coordinator::placement::{self, PlacementRules, Placer, Subnet, WeightedCandidate};
 use cm_coordinator::repair::{Layout, Repair, RepairConfig};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use libp2p::PeerId;
@@ -116,5 +119,42 @@ fn repair(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, liveness, repair);
+fn placement(c: &mut Criterion) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let candidates: Vec<WeightedCandidate> = peers(NODES)
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let availability = (next() % 1000) as f64 / 1000.0;
+            let bps = next() % (20 << 20);
+            let vetted = i % 10 != 0;
+            WeightedCandidate {
+                node,
+                subnet: Subnet::V4([10 + (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                weight: placement::weight(availability, bps, vetted),
+                vetted,
+            }
+        })
+        .collect();
+    let mut g = c.benchmark_group("placement_1M_candidates");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(128));
+    g.bench_function("content_1GiB_128_segments", |b| {
+        b.iter(|| {
+            let placer = Placer::new(&candidates, PlacementRules::default());
+            for _ in 0..128 {
+                black_box(placer.segment(12).expect("a million candidates suffice"));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, liveness, placement, repair);
 criterion_main!(benches);

@@ -38,6 +38,11 @@ pub struct NodeRow {
     pub used: i64,
     pub last_seen: Option<i64>,
     pub fragments: i64,
+    pub boot_time: Option<i64>,
+    /// Upload bandwidth the node measured and reported, bytes per second.
+    pub upload_bps: i64,
+    /// Upload bandwidth the coordinator observed fetching from it, bytes per second.
+    pub observed_bps: i64,
 }
 
 /// A published content as stored.
@@ -227,7 +232,8 @@ impl Db {
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, DbError> {
         let rows = sqlx::query(
             "SELECT n.id, n.registered_at, n.addrs, n.quota, n.used, n.last_seen,
-                    (SELECT COUNT(*) FROM placements p WHERE p.node = n.id AND p.removed_at IS NULL)
+                    (SELECT COUNT(*) FROM placements p WHERE p.node = n.id AND p.removed_at IS NULL),
+                    n.boot_time, n.upload_bps, n.observed_bps
              FROM nodes n ORDER BY n.registered_at, n.id",
         )
         .fetch_all(&self.pool)
@@ -244,6 +250,9 @@ impl Db {
                     used: r.get(4),
                     last_seen: r.get(5),
                     fragments: r.get(6),
+                    boot_time: r.get(7),
+                    upload_bps: r.get(8),
+                    observed_bps: r.get(9),
                 })
             })
             .collect()
@@ -606,6 +615,19 @@ impl Db {
         .bind(boot_time.map(|b| b as i64))
         .bind(upload_bps as i64)
         .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An upload rate the coordinator observed from `node`, folded into a moving average.
+    pub async fn observe_bps(&self, node: &PeerId, bps: u64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE nodes SET observed_bps = CASE WHEN observed_bps = 0 THEN ? ELSE (3 * observed_bps + ?) / 4 END WHERE id = ?",
+        )
+        .bind(bps as i64)
+        .bind(bps as i64)
+        .bind(node.to_string())
         .execute(&self.pool)
         .await?;
         Ok(())

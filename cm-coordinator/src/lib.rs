@@ -20,6 +20,7 @@ pub mod history;
 pub mod http;
 pub mod liveness;
 pub mod placement;
+pub mod profiles;
 pub mod publish;
 pub mod rebuild;
 pub mod registry;

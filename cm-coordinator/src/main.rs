@@ -329,18 +329,38 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 println!(
-                    "{:<54} {:<7} {:>10} {:>10}",
-                    "NODE", "ONLINE", "FRAGMENTS", "USED"
+                    "{:<52} {:<6} {:>6} {:>6} {:<12} {:>11} {:<14} {:<10} {:>9} {:>10}",
+                    "NODE",
+                    "ONLINE",
+                    "AV-5D",
+                    "AV-30D",
+                    "HOURS",
+                    "UPLOAD",
+                    "GROUP",
+                    "LOCATION",
+                    "FRAGMENTS",
+                    "USED"
                 );
                 for n in nodes.as_array().into_iter().flatten() {
+                    let pct = |k: &str| format!("{:.0}%", n[k].as_f64().unwrap_or(0.0) * 100.0);
+                    let upload = match n["upload_bps"].as_u64().unwrap_or(0) {
+                        0 => "-".to_string(),
+                        b => format!("{}/s", bytesize::ByteSize(b)),
+                    };
                     println!(
-                        "{:<54} {:<7} {:>10} {:>10}",
+                        "{:<52} {:<6} {:>6} {:>6} {:<12} {:>11} {:<14} {:<10} {:>9} {:>10}",
                         n["id"].as_str().unwrap_or("?"),
                         if n["online"].as_bool() == Some(true) {
                             "yes"
                         } else {
                             "no"
                         },
+                        pct("availability_5d"),
+                        pct("availability_30d"),
+                        n["typical_hours"].as_str().unwrap_or("-"),
+                        upload,
+                        n["group"].as_str().unwrap_or("-"),
+                        n["location"].as_str().unwrap_or("-"),
                         n["fragments"],
                         bytesize::ByteSize(n["used"].as_u64().unwrap_or(0)).to_string(),
                     );

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::db::Placement;
-use crate::placement::{self, Candidate, PlacementRules, SegmentPlan};
+use crate::placement::{self, PlacementRules, Placer, SegmentPlan, WeightedCandidate};
 
 /// Publishing errors.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ fn encode_file(
 pub async fn publish(
     root: &Identity,
     net: &Net,
-    online: Vec<Candidate>,
+    online: Vec<WeightedCandidate>,
     rules: PlacementRules,
     path: &Path,
     params: &PublishParams,
@@ -181,6 +181,8 @@ pub async fn publish(
     info!(%content, size, segments = manifest.segments(), "encoded; placing fragments");
 
     // Pass 2: encode again on a blocking thread, push segment by segment.
+    // Weights and vetting prepared once for every segment.
+    let placer = Placer::new(&online, rules);
     let (tx, mut rx) = mpsc::channel(2);
     let encoder = {
         let (path, codec, seg) = (path.to_path_buf(), codec.clone(), params.segment_size);
@@ -191,7 +193,7 @@ pub async fn publish(
     while let Some((segment, mut fragments)) = rx.recv().await {
         // The spares stay unplaced until demand calls for them.
         fragments.truncate(shards);
-        let Some((holders, plan)) = SegmentPlan::new(&online, fragments.len(), rules) else {
+        let Some((holders, plan)) = placer.segment(fragments.len()) else {
             failure = Some(PublishError::NotEnoughNodes {
                 needed: shards,
                 available,

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::db::RepairRow;
-use crate::placement::{Candidate, SegmentPlan, Subnet};
+use crate::placement::{SegmentPlan, Subnet, WeightedCandidate};
 use crate::repair::{Job, JobKind, Layout};
 use crate::server::Coordinator;
 
@@ -380,7 +380,19 @@ async fn fetch(
             other => anyhow::bail!("node answered {other:?}"),
         }
         let mut data = vec![0u8; len];
+        let started = Instant::now();
         stream.read_exact(&mut data).await?;
+        let secs = started.elapsed().as_secs_f64();
+        // Fragments big enough to say something about the node's upload rate.
+        if len >= 64 * 1024
+            && secs > 0.0
+            && let Err(e) = coord
+                .db
+                .observe_bps(&node, (len as f64 / secs) as u64)
+                .await
+        {
+            warn!(error = %e, "cannot record an observed rate");
+        }
         if fragment_hash(&data) != hash {
             anyhow::bail!("fragment {fragment} does not match the manifest");
         }
@@ -492,7 +504,7 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
     }
 
     // New holders: never a node or network already holding a fragment of this segment.
-    let (avoid_nodes, candidates) = {
+    let avoid_nodes = {
         let repair = coord.repair();
         let missing: HashSet<u16> = job.missing.iter().copied().collect();
         let mut avoid = HashSet::new();
@@ -504,13 +516,14 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
                 avoid.insert(n);
             }
         }
-        (avoid, coord.candidates())
+        avoid
     };
+    let candidates = coord.candidates().await?;
     let avoid_subnets: HashSet<Subnet> = avoid_nodes
         .iter()
         .filter_map(|n| coord.subnet_of(n))
         .collect();
-    let pool: Vec<Candidate> = candidates
+    let pool: Vec<WeightedCandidate> = candidates
         .into_iter()
         .filter(|c| {
             let shared = coord.placement.distinct_subnets && avoid_subnets.contains(&c.subnet);
@@ -655,18 +668,6 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
             .insert(*id, meta.clone());
         Ok(meta)
-    }
-
-    /// Online nodes as placement candidates.
-    pub fn candidates(&self) -> Vec<Candidate> {
-        self.registry
-            .online()
-            .into_iter()
-            .map(|n| Candidate {
-                node: n.id,
-                subnet: Subnet::of(n.id, &n.addrs),
-            })
-            .collect()
     }
 
     /// The network a node was last seen on.

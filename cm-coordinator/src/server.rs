@@ -28,7 +28,7 @@ use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
 use crate::datadir::DataDir;
 use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
-use crate::placement::{Candidate, PlacementRules, Subnet};
+use crate::placement::{PlacementRules, Subnet};
 use crate::publish::{self, PublishParams};
 use crate::rebuild::{ContentMeta, DemandBook, RebuildConfig, RepairStats};
 use crate::registry::{OnlineNode, Registry};
@@ -82,6 +82,8 @@ pub struct Coordinator {
     pub metas: std::sync::Mutex<HashMap<ContentId, Arc<ContentMeta>>>,
     /// The network each node was last seen on, online or not.
     pub subnets: std::sync::Mutex<HashMap<PeerId, Subnet>>,
+    /// Node profiles (availability, bandwidth, groups), recomputed every half minute.
+    pub profiles: std::sync::Mutex<Option<Arc<crate::profiles::Profiles>>>,
 }
 
 /// Runs the coordinator until `shutdown` resolves.
@@ -126,6 +128,7 @@ pub async fn run(
         demand: Default::default(),
         metas: Default::default(),
         subnets: Default::default(),
+        profiles: Default::default(),
     });
     crate::rebuild::load(&coord).await?;
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
@@ -571,10 +574,11 @@ async fn admin_loop(coord: Arc<Coordinator>, listener: UnixListener) {
 pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<serde_json::Value> {
     match req {
         AdminRequest::Nodes => {
-            let rows = coord.db.nodes().await?;
-            let list: Vec<serde_json::Value> = rows
-                .into_iter()
-                .map(|r| {
+            let profiles = load_profiles(coord).await?;
+            let list: Vec<serde_json::Value> = profiles
+                .nodes
+                .iter()
+                .map(|(r, p, g)| {
                     let online = PeerId::from_str(&r.id)
                         .map(|p| coord.registry.is_online(&p))
                         .unwrap_or(false);
@@ -582,11 +586,20 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                         "id": r.id,
                         "online": online,
                         "addrs": r.addrs,
+                        "location": p.location,
                         "quota": r.quota,
                         "used": r.used,
                         "fragments": r.fragments,
                         "last_seen": r.last_seen,
                         "registered_at": r.registered_at,
+                        "boot_time": r.boot_time,
+                        "availability_5d": p.availability_5d,
+                        "availability_30d": p.availability_30d,
+                        "typical_hours": crate::history::render_hours(p.typical_hours),
+                        "upload_bps": p.upload_bps,
+                        "reported_upload_bps": r.upload_bps,
+                        "observed_upload_bps": r.observed_bps,
+                        "group": g.label(),
                     })
                 })
                 .collect();
@@ -690,15 +703,7 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                     "unknown partner `{partner}` (add it with `cm-coordinator partner add {partner}`)"
                 );
             }
-            let online = coord
-                .registry
-                .online()
-                .into_iter()
-                .map(|n| Candidate {
-                    node: n.id,
-                    subnet: Subnet::of(n.id, &n.addrs),
-                })
-                .collect();
+            let online = coord.candidates().await?;
             let params = PublishParams {
                 data_shards,
                 parity_shards,
@@ -811,6 +816,13 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
         }
         AdminRequest::Reports => Ok(serde_json::to_value(coord.db.problems().await?)?),
     }
+}
+
+/// Fresh profiles for a listing (an operator wants now, not half a minute ago).
+async fn load_profiles(coord: &Coordinator) -> anyhow::Result<Arc<crate::profiles::Profiles>> {
+    let fresh = Arc::new(crate::profiles::load(coord, now_secs()).await?);
+    *coord.profiles.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+    Ok(fresh)
 }
 
 /// Registers a partner: creates its key and a partner certificate. Works without a running
