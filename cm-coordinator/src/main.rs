@@ -523,3 +523,32 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_flags_win() {
+        let text = include_str!("../config.example.toml");
+        let file: RunSettings = toml::from_str(text).unwrap();
+        assert_eq!(file.repair_delay, Some(Duration::from_secs(15 * 60)));
+        assert_eq!(file.probe_attempts, Some(3));
+        let flags = RunSettings {
+            repair_delay: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let config = flags.merge(file).unwrap();
+        assert_eq!(config.repair.delay, Duration::from_secs(2), "a flag wins");
+        assert_eq!(config.repair.threshold, Some(2), "the file fills the rest");
+        assert_eq!(config.rebuild.demand_per_fragment, 10);
+        assert_eq!(config.http, Some("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_or_malformed_settings_are_refused() {
+        assert!(toml::from_str::<RunSettings>("repair_dealy = \"1s\"").is_err());
+        assert!(toml::from_str::<RunSettings>("repair_delay = \"soon\"").is_err());
+        assert!(toml::from_str::<RunSettings>("probe_attempts = -1").is_err());
+    }
+}
