@@ -95,15 +95,17 @@ impl Coordinator {
         Ok(fresh)
     }
 
-    /// Online nodes as placement candidates, weighted by availability and bandwidth; nodes
-    /// not yet vetted are marked so that they get only a small share.
-    pub async fn candidates(&self) -> anyhow::Result<Vec<WeightedCandidate>> {
+    /// Online nodes with at least `min_free` bytes of quota left, as placement candidates,
+    /// weighted by availability and bandwidth; nodes not yet vetted are marked so that they get
+    /// only a small share.
+    pub async fn candidates(&self, min_free: u64) -> anyhow::Result<Vec<WeightedCandidate>> {
         let profiles = self.profiles().await?;
         let rules = GroupRules::default();
         Ok(self
             .registry
             .online()
             .into_iter()
+            .filter(|n| n.quota.saturating_sub(n.used) >= min_free)
             .map(|n| {
                 let subnet = Subnet::of(n.id, &n.addrs);
                 match profiles.get(&n.id) {

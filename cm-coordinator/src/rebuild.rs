@@ -518,7 +518,7 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
         }
         avoid
     };
-    let candidates = coord.candidates().await?;
+    let candidates = coord.candidates(len as u64).await?;
     let avoid_subnets: HashSet<Subnet> = avoid_nodes
         .iter()
         .filter_map(|n| coord.subnet_of(n))

@@ -703,7 +703,15 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                     "unknown partner `{partner}` (add it with `cm-coordinator partner add {partner}`)"
                 );
             }
-            let online = coord.candidates().await?;
+            // Room for at least one fragment; a node that fills up refuses the push and the
+            // fragment moves on to a replacement.
+            let first = std::fs::metadata(&path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+                .min(segment_size as u64);
+            let fragment =
+                overlay::manifest::fragment_len(first as usize, data_shards.max(1) as usize);
+            let online = coord.candidates(fragment as u64).await?;
             let params = PublishParams {
                 data_shards,
                 parity_shards,
