@@ -1,12 +1,19 @@
-//! The collective manager (CM): node registry and liveness, publishing (encode, place, push),
-//! tickets, and the client-facing service that hands out manifests and contact lists.
+//! The collective manager (CM): node registry, liveness and history, publishing (encode, place,
+//! push), repair and demand-driven redundancy, tickets, and the client-facing service that hands
+//! out manifests and contact lists.
 //!
 //! # Layout
 //!
 //! * [`datadir`]: the files of a coordinator's data directory.
 //! * [`db`]: the storage layer (SQLite embedded; the seam for PostgreSQL).
 //! * [`liveness`]: the sans-IO liveness state machine (joins, leaves, reports, probes).
-//! * [`placement`]: which nodes hold a segment's fragments (distinct nodes and /24s).
+//! * [`placement`]: which nodes hold a segment's fragments (distinct nodes and /24s, weighted,
+//!   a capped share for unvetted nodes).
+//! * [`history`]: sans-IO node history: availability, typical hours, groups, location.
+//! * [`profiles`]: every node's profile from the database, cached; weighted candidates.
+//! * [`repair`]: the sans-IO repair core: which segments need fragments, most endangered
+//!   first, and which spare fragments became surplus.
+//! * [`rebuild`]: the driver carrying out repair and expansion jobs, surplus deletes, demand.
 //! * [`registry`]: which nodes are online now (in memory; history goes to the database).
 //! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
 //! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
