@@ -117,6 +117,8 @@ const BANDWIDTH_UNIT: f64 = 1_000_000.0;
 const MIN_BANDWIDTH_FACTOR: f64 = 0.5;
 /// Bounds applied to caller-supplied weights.
 const MIN_WEIGHT: f64 = 1e-9;
+/// Pools at least this large are sampled per segment rather than keyed in full.
+const SAMPLE_FROM: usize = 4096;
 const MAX_WEIGHT: f64 = 1e9;
 
 /// The placement weight of a node: `max(a², 0.01) × (0.5 + log2(1 + upload_bps / 1 MB/s))`,
@@ -168,6 +170,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct Placer {
     pool: Arc<[Entry]>,
+    /// Running sums of the weights, for large pools: a segment then draws a small weighted
+    /// sample instead of keying every candidate.
+    cumulative: Option<Arc<[f64]>>,
     vetted: usize,
     /// Computed on first use: it hashes every candidate, which one-off placements skip.
     capacity: OnceLock<usize>,
@@ -208,8 +213,17 @@ impl Placer {
                 }
             })
             .collect();
+        let cumulative = (pool.len() >= SAMPLE_FROM).then(|| {
+            pool.iter()
+                .scan(0.0, |sum, e| {
+                    *sum += 1.0 / e.inv_weight;
+                    Some(*sum)
+                })
+                .collect()
+        });
         Self {
             vetted: pool.iter().filter(|e| e.vetted).count(),
+            cumulative,
             pool,
             capacity: OnceLock::new(),
             rules,
@@ -260,6 +274,12 @@ impl Placer {
         if self.capacity.get().is_some_and(|&c| n > c) {
             return None;
         }
+        if let Some(mut plan) = self.sampled_plan(rng, n, &[]) {
+            let chosen = plan.choose(n, self.new_cap(n));
+            if chosen.len() == n {
+                return Some((chosen, plan));
+            }
+        }
         let mut plan = self.plan(rng, n, &[]);
         let chosen = plan.choose(n, self.new_cap(n));
         (chosen.len() == n).then_some((chosen, plan))
@@ -280,6 +300,12 @@ impl Placer {
         n: usize,
         rng: &mut R,
     ) -> (Vec<PeerId>, SegmentPlan) {
+        if let Some(mut plan) = self.sampled_plan(rng, n + existing.len(), existing) {
+            let chosen = plan.choose(n, self.new_cap(n));
+            if chosen.len() == n {
+                return (chosen, plan);
+            }
+        }
         let mut plan = self.plan(rng, n + existing.len(), existing);
         let chosen = plan.choose(n, self.new_cap(n));
         (chosen, plan)
@@ -289,6 +315,55 @@ impl Placer {
     fn new_cap(&self, n: usize) -> usize {
         // The epsilon keeps float noise (30 × 0.1 = 3.0000000000000004) from adding one.
         (n as f64 * self.max_new_share - 1e-9).ceil().max(0.0) as usize
+    }
+
+    /// For a large pool: draws candidates by weight, with replacement, until `8 × expected +
+    /// 64` draws; the order of first appearance is a weighted sample without replacement (each
+    /// next pick proportional to weight among those not yet picked), exactly what keying every
+    /// candidate gives, at O(sample × log N) instead of O(N). `None` for small pools; the
+    /// caller falls back to keying everyone when the sample cannot satisfy the rules.
+    fn sampled_plan<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        expected: usize,
+        existing: &[(PeerId, Subnet)],
+    ) -> Option<SegmentPlan> {
+        let cumulative = self.cumulative.as_ref()?;
+        let draws = 8 * expected + 64;
+        if draws * 16 > self.pool.len() {
+            return None;
+        }
+        let total = *cumulative.last()?;
+        let mut seen = HashSet::with_capacity(draws);
+        let (mut vetted, mut unvetted) = (Vec::new(), Vec::new());
+        for _ in 0..draws {
+            let x = rng.random::<f64>() * total;
+            let i = cumulative
+                .partition_point(|&c| c <= x)
+                .min(self.pool.len() - 1);
+            if seen.insert(i) {
+                // Earlier first appearance ranks higher.
+                let key = -(seen.len() as f64);
+                if self.pool[i].vetted {
+                    vetted.push((key, i));
+                } else {
+                    unvetted.push((key, i));
+                }
+            }
+        }
+        let mut plan = SegmentPlan {
+            pool: self.pool.clone(),
+            rules: self.rules,
+            vetted: Ranked::new(vetted, draws),
+            unvetted: Ranked::new(unvetted, draws),
+            used_nodes: HashSet::new(),
+            used_subnets: HashSet::new(),
+        };
+        for (node, subnet) in existing {
+            plan.used_nodes.insert(*node);
+            plan.used_subnets.insert(*subnet);
+        }
+        Some(plan)
     }
 
     /// Draws every candidate's key and starts a plan with `existing` already in use.
@@ -791,6 +866,50 @@ mod tests {
             let (chosen, mut plan) = placer.segment_with(30, &mut rng).unwrap();
             assert_eq!(chosen.iter().collect::<HashSet<_>>().len(), 30);
             assert!(plan.replacement().is_some());
+        }
+    }
+
+    #[test]
+    fn a_large_pool_is_sampled_with_the_same_weighting_and_rules() {
+        // 20,000 candidates, two per /24; every fifth weighs 8 times the others.
+        let all: Vec<WeightedCandidate> = (0..20_000u32)
+            .map(|i| {
+                let [_, a, b, _] = (i / 2).to_be_bytes();
+                let w = if i % 5 == 0 { 8.0 } else { 1.0 };
+                Candidate::new(PeerId::random(), Subnet::V4([10, a, b])).weighted(w, true)
+            })
+            .collect();
+        let placer = Placer::new(&all, PlacementRules::default());
+        assert!(placer.cumulative.is_some(), "the sampled path is taken");
+        let heavy: HashSet<PeerId> = all.iter().step_by(5).map(|c| c.node).collect();
+        let mut rng = seeded(9);
+        let (mut heavy_picks, mut picks) = (0, 0);
+        for _ in 0..2_000 {
+            let (chosen, mut plan) = placer.segment_with(12, &mut rng).unwrap();
+            let subnets: HashSet<Subnet> = chosen
+                .iter()
+                .map(|n| all.iter().find(|c| c.node == *n).unwrap().subnet)
+                .collect();
+            assert_eq!(subnets.len(), 12, "two fragments behind one /24");
+            assert!(plan.replacement().is_some());
+            picks += chosen.len();
+            heavy_picks += chosen.iter().filter(|n| heavy.contains(n)).count();
+        }
+        // Heavy nodes are 1/5 of the pool and 8/12 of the weight: about two thirds of picks.
+        let share = heavy_picks as f64 / picks as f64;
+        assert!((0.55..0.78).contains(&share), "heavy share {share}");
+        // Extra holders avoid the segment's nodes and networks on the sampled path too.
+        let existing: Vec<(PeerId, Subnet)> =
+            all[..12].iter().map(|c| (c.node, c.subnet)).collect();
+        let (more, _) = placer.extend_with(&existing, 8, &mut rng);
+        assert_eq!(more.len(), 8);
+        for n in &more {
+            let c = all.iter().find(|c| c.node == *n).unwrap();
+            assert!(
+                !existing
+                    .iter()
+                    .any(|(en, es)| *en == c.node || *es == c.subnet)
+            );
         }
     }
 }
