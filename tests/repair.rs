@@ -29,9 +29,20 @@ fn show_u64(c: &Collective, content: &str, key: &str) -> u64 {
 
 #[test]
 fn a_lost_node_is_rebuilt_elsewhere_and_its_copies_deleted_when_it_returns() {
-    let mut args = FAST.to_vec();
-    args.extend(["--repair-delay", "1s"]);
-    let mut c = Collective::start_with(8, &args);
+    // The settings come from a TOML file, as an operator keeps them; the flag wins over the
+    // file's hour-long delay (with either default this test would time out).
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("cm.toml");
+    std::fs::write(
+        &conf,
+        "node_timeout = \"3s\"\nprobe_interval = \"300ms\"\nprobe_attempts = 2\n\
+         repair_threshold = 1\nrepair_interval = \"300ms\"\nrepair_delay = \"1h\"\n",
+    )
+    .unwrap();
+    let mut c = Collective::start_with(
+        8,
+        &["--config", conf.to_str().unwrap(), "--repair-delay", "1s"],
+    );
     let file = c.make_file("movie.bin", 300_000, 7);
     // k=2, m=2, 40 kB segments: 8 segments of 4 fragments on 8 nodes.
     let content = c.publish(&file, 2, 2, "40KiB");
