@@ -105,6 +105,11 @@ pub struct TicketRow {
     pub issued_at: i64,
 }
 
+fn parse_content(s: &str) -> Result<ContentId, DbError> {
+    s.parse()
+        .map_err(|e: String| DbError::Corrupt(format!("content id {s}: {e}")))
+}
+
 fn parse_peer(s: &str) -> Result<PeerId, DbError> {
     PeerId::from_str(s).map_err(|e| DbError::Corrupt(format!("peer id {s}: {e}")))
 }
@@ -383,9 +388,7 @@ impl Db {
                 let id: String = r.get(0);
                 let key: Vec<u8> = r.get(4);
                 Ok(ContentRow {
-                    id: id
-                        .parse()
-                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
+                    id: parse_content(&id)?,
                     partner: r.get(1),
                     size: r.get::<i64, _>(2) as u64,
                     manifest: r.get(3),
@@ -488,8 +491,7 @@ impl Db {
             .map(|r| {
                 let c: String = r.get(0);
                 Ok((
-                    c.parse()
-                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
+                    parse_content(&c)?,
                     r.get::<i64, _>(1) as u32,
                     r.get::<i64, _>(2) as u16,
                 ))
@@ -593,11 +595,7 @@ impl Db {
         rows.into_iter()
             .map(|r| {
                 let c: String = r.get(0);
-                Ok((
-                    c.parse()
-                        .map_err(|e: String| DbError::Corrupt(format!("content id: {e}")))?,
-                    r.get::<i64, _>(1).max(0) as u64,
-                ))
+                Ok((parse_content(&c)?, r.get::<i64, _>(1).max(0) as u64))
             })
             .collect()
     }

@@ -301,14 +301,27 @@ pub async fn push(
             issued: overlay::time::now_secs(),
         },
     );
+    store_request(net, node, StoreRequest::Store(order), Some(&data)).await
+}
+
+/// One request over `/ccds/store/1` (a store order with its bytes, or a delete order) and the
+/// node's answer.
+pub async fn store_request(
+    net: &Net,
+    node: PeerId,
+    request: StoreRequest,
+    data: Option<&Bytes>,
+) -> Result<(), String> {
     let mut stream = net
         .open(node, proto::STORE)
         .await
         .map_err(|e| e.to_string())?;
     let result = async {
-        proto::write_msg(&mut stream, &StoreRequest::Store(order)).await?;
-        stream.write_all(&data).await?;
-        stream.flush().await?;
+        proto::write_msg(&mut stream, &request).await?;
+        if let Some(data) = data {
+            stream.write_all(data).await?;
+            stream.flush().await?;
+        }
         proto::read_msg::<_, StoreResponse>(&mut stream, proto::MAX_SMALL_MSG).await
     }
     .await;

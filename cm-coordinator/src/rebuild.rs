@@ -17,7 +17,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use overlay::cert::Certificate;
 use overlay::codec::{SegmentCodec, fragment_hash};
 use overlay::manifest::{Manifest, SignedManifest};
-use overlay::proto::{self, DeleteOrder, FetchRequest, FetchResponse, StoreRequest, StoreResponse};
+use overlay::proto::{self, DeleteOrder, FetchRequest, FetchResponse, StoreRequest};
 use overlay::receipt::ReceiptBody;
 use overlay::store::FragmentId;
 use overlay::ticket::{Ticket, TicketBody};
@@ -288,7 +288,9 @@ pub async fn send_deletes(coord: &Coordinator, node: PeerId) {
                     issued: now_secs(),
                 },
             );
-            match store_request(coord, node, StoreRequest::Delete(order), None).await {
+            match crate::publish::store_request(&coord.net, node, StoreRequest::Delete(order), None)
+                .await
+            {
                 Ok(()) => {
                     info!(%node, %content, fragments = chunk.len(), "surplus fragments deleted");
                     sent.extend(chunk.iter().map(|f| (f.content, f.segment, f.index)));
@@ -299,34 +301,6 @@ pub async fn send_deletes(coord: &Coordinator, node: PeerId) {
     }
     if let Err(e) = coord.db.deletes_sent(&node, &sent, now_secs()).await {
         error!(error = %e, "cannot record delete orders");
-    }
-}
-
-async fn store_request(
-    coord: &Coordinator,
-    node: PeerId,
-    request: StoreRequest,
-    data: Option<&Bytes>,
-) -> Result<(), String> {
-    let mut stream = coord
-        .net
-        .open(node, proto::STORE)
-        .await
-        .map_err(|e| e.to_string())?;
-    let result = async {
-        proto::write_msg(&mut stream, &request).await?;
-        if let Some(data) = data {
-            stream.write_all(data).await?;
-            stream.flush().await?;
-        }
-        proto::read_msg::<_, StoreResponse>(&mut stream, proto::MAX_SMALL_MSG).await
-    }
-    .await;
-    let _ = stream.close().await;
-    match result {
-        Ok(StoreResponse::Ok) => Ok(()),
-        Ok(StoreResponse::Refused(reason)) => Err(format!("node refused: {reason}")),
-        Err(e) => Err(e.to_string()),
     }
 }
 
