@@ -32,8 +32,10 @@ use tracing::{debug, info, warn};
 
 use crate::error::ClientError;
 
-/// Time allowed to reach the CM.
-const CM_OPEN_BUDGET: Duration = Duration::from_secs(10);
+/// Attempts at opening a stream to the CM, and the time each may take: a stream request lost
+/// on the way (a busy machine, a connection being replaced) is retried rather than waited out.
+const CM_OPEN_ATTEMPTS: u32 = 3;
+const CM_OPEN_TIMEOUT: Duration = Duration::from_secs(4);
 /// Time the CM may take to answer one request (a large manifest included).
 const CM_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Problem reports in flight at once.
@@ -55,7 +57,7 @@ impl Coordinator {
         max: usize,
     ) -> Result<ClientResponse, ClientError> {
         let mut stream = net
-            .open_with(self.peer, proto::CLIENT, 1, CM_OPEN_BUDGET)
+            .open_with(self.peer, proto::CLIENT, CM_OPEN_ATTEMPTS, CM_OPEN_TIMEOUT)
             .await
             .map_err(|e| ClientError::CoordinatorUnreachable {
                 peer: self.peer,
