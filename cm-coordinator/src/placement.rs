@@ -351,19 +351,7 @@ impl Placer {
                 }
             }
         }
-        let mut plan = SegmentPlan {
-            pool: self.pool.clone(),
-            rules: self.rules,
-            vetted: Ranked::new(vetted, draws),
-            unvetted: Ranked::new(unvetted, draws),
-            used_nodes: HashSet::new(),
-            used_subnets: HashSet::new(),
-        };
-        for (node, subnet) in existing {
-            plan.used_nodes.insert(*node);
-            plan.used_subnets.insert(*subnet);
-        }
-        Some(plan)
+        Some(self.start_plan(vetted, unvetted, draws, existing))
     }
 
     /// Draws every candidate's key and starts a plan with `existing` already in use.
@@ -385,20 +373,25 @@ impl Placer {
                 unvetted.push((key, i));
             }
         }
-        let first = 2 * expected + 16;
-        let mut plan = SegmentPlan {
+        self.start_plan(vetted, unvetted, 2 * expected + 16, existing)
+    }
+
+    /// A plan over ranked candidates (higher key first) with `existing` already in use.
+    fn start_plan(
+        &self,
+        vetted: Vec<(f64, usize)>,
+        unvetted: Vec<(f64, usize)>,
+        first_chunk: usize,
+        existing: &[(PeerId, Subnet)],
+    ) -> SegmentPlan {
+        SegmentPlan {
             pool: self.pool.clone(),
             rules: self.rules,
-            vetted: Ranked::new(vetted, first),
-            unvetted: Ranked::new(unvetted, first),
-            used_nodes: HashSet::new(),
-            used_subnets: HashSet::new(),
-        };
-        for (node, subnet) in existing {
-            plan.used_nodes.insert(*node);
-            plan.used_subnets.insert(*subnet);
+            vetted: Ranked::new(vetted, first_chunk),
+            unvetted: Ranked::new(unvetted, first_chunk),
+            used_nodes: existing.iter().map(|(n, _)| *n).collect(),
+            used_subnets: existing.iter().map(|(_, s)| *s).collect(),
         }
-        plan
     }
 }
 
