@@ -299,6 +299,9 @@ async fn control(
             }
             ControlResponse::Ok
         }
+        ControlRequest::Report(_) | ControlRequest::Account => {
+            ControlResponse::Error("accounting is not enabled on this coordinator".into())
+        }
     })
 }
 

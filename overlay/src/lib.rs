@@ -12,6 +12,7 @@
 //! * [`net`]: the libp2p swarm over QUIC, exposed as a cloneable [`net::Net`] handle.
 //! * [`logging`]: the programs' shared `tracing` setup.
 //! * [`receipt`]: client-signed receipts and completion reports.
+//! * [`report`]: node-signed periodic reports of work, holdings and uptime; the account view.
 //!
 //! Signed objects are encoded with postcard (deterministic for the plain structs used here) and
 //! signed over `domain || encoding`, so a signature for one kind of object never verifies as another.
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod net;
 pub mod proto;
 pub mod receipt;
+pub mod report;
 pub mod store;
 pub mod ticket;
 pub mod time;

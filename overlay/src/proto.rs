@@ -1,7 +1,7 @@
 //! Wire messages of the CCDS protocols and their framing.
 //!
 //! # Participants
-//! * `/ccds/control/1` — node → CM: register, join, heartbeat, leave.
+//! * `/ccds/control/1` — node → CM: register, join, heartbeat, leave, periodic reports, account.
 //! * `/ccds/store/1` — CM (or a node repairing on a CM order) → node: a CM-signed order to
 //!   store a fragment, followed by its bytes; or to delete one.
 //! * `/ccds/fetch/1` — client → node: a ticket and a fragment address → the fragment's bytes;
@@ -26,6 +26,8 @@ use crate::cert::Certificate;
 use crate::identity::{ContentId, Domain, Signed};
 use crate::manifest::SignedManifest;
 use crate::receipt::{CompletionReport, Receipt};
+pub use crate::report::MAX_REPORT_MSG;
+use crate::report::{AccountView, NodeReport};
 use crate::store::FragmentId;
 use crate::ticket::Ticket;
 
@@ -150,14 +152,33 @@ pub enum ControlRequest {
     Heartbeat { used: u64, upload_bps: u64 },
     /// Going offline (shutdown or owner's suspend).
     Leave,
+    /// A periodic report of work, holdings and uptime (frame up to [`MAX_REPORT_MSG`]).
+    Report(NodeReport),
+    /// The node's account: level, balance, held earnings.
+    Account,
 }
 
 /// CM → node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControlResponse {
-    Registered { cert: Certificate },
+    Registered {
+        cert: Certificate,
+    },
     Ok,
     Error(String),
+    /// The report was ingested: `new_receipts` advanced a ticket's totals, `duplicate_receipts`
+    /// were already known (and count once).
+    ReportAccepted {
+        seq: u64,
+        new_receipts: u32,
+        duplicate_receipts: u32,
+    },
+    /// The report's sequence number was not above `last_seq` (a duplicate or a replay): nothing
+    /// was counted. A node that lost its state continues from `last_seq + 1`.
+    StaleReport {
+        last_seq: u64,
+    },
+    Account(AccountView),
 }
 
 // ---- /ccds/store/1 ---------------------------------------------------------------------------
