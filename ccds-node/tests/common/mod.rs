@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use futures::{AsyncWriteExt, StreamExt};
 use overlay::cert::{self, Role};
 use overlay::net::Net;
-use overlay::proto::{self, ControlRequest, ControlResponse, MAX_SMALL_MSG};
+use overlay::proto::{self, ControlRequest, ControlResponse};
 use overlay::time::now_secs;
 use overlay::{Identity, Multiaddr, PeerId};
 use tokio::sync::mpsc;
@@ -30,7 +30,7 @@ pub async fn scripted_cm(
         let mut heartbeats = 0;
         while let Some((peer, mut stream)) = incoming.next().await {
             let Ok(request) =
-                proto::read_msg::<_, ControlRequest>(&mut stream, MAX_SMALL_MSG).await
+                proto::read_msg::<_, ControlRequest>(&mut stream, proto::MAX_REPORT_MSG).await
             else {
                 continue;
             };
@@ -47,6 +47,14 @@ pub async fn scripted_cm(
                     }
                 }
                 ControlRequest::Join { .. } | ControlRequest::Leave => ControlResponse::Ok,
+                ControlRequest::Report(report) => ControlResponse::ReportAccepted {
+                    seq: report.body.seq,
+                    new_receipts: report.body.served.len() as u32,
+                    duplicate_receipts: 0,
+                },
+                ControlRequest::Account => {
+                    ControlResponse::Account(overlay::report::AccountView::default())
+                }
             };
             // Reported before answering, so a node that saw the answer finds it reported.
             let _ = seen.send((peer, request)).await;
