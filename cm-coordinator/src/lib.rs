@@ -14,6 +14,8 @@
 //! * [`repair`]: the sans-IO repair core: which segments need fragments, most endangered
 //!   first, and which spare fragments became surplus.
 //! * [`rebuild`]: the driver carrying out repair and expansion jobs, surplus deletes, demand.
+//! * [`reconcile`]: the sans-IO reconciliation core: claims against witnesses → verdicts with
+//!   evidence, confirmed work.
 //! * [`registry`]: which nodes are online now (in memory; history goes to the database).
 //! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
 //! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
@@ -30,6 +32,7 @@ pub mod placement;
 pub mod profiles;
 pub mod publish;
 pub mod rebuild;
+pub mod reconcile;
 pub mod registry;
 pub mod repair;
 pub mod server;
