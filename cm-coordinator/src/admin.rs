@@ -31,6 +31,9 @@ pub enum AdminRequest {
         client: String,
         expires_secs: u64,
         allowance: Option<u64>,
+        /// What the client paid, micro-credits (default: the configured price per GB).
+        #[serde(default)]
+        price: Option<u64>,
     },
     Reports,
     /// Repair records and counters.
@@ -46,6 +49,26 @@ pub enum AdminRequest {
     /// A content's layout and health.
     Content {
         id: String,
+    },
+    /// Run a reconciliation now.
+    Reconcile,
+    /// A node's account, audits and verdicts.
+    NodeShow {
+        id: String,
+    },
+    /// Every node's balances.
+    Ledger,
+    /// Pay out every positive balance for a period (once).
+    Payout {
+        period: String,
+    },
+    /// Partner-uploaded sales records.
+    SalesImport {
+        records: Vec<crate::sales::SalesRecord>,
+    },
+    /// The newest verdicts.
+    Verdicts {
+        limit: i64,
     },
 }
 

@@ -11,6 +11,12 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+mod accounting;
+pub use accounting::{
+    AuditRow, ClaimRow, Ingested, LedgerRow, NewEntry, NewVerdict, NodeLedger, PlacementRow,
+    ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
+};
+
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -103,6 +109,10 @@ pub struct TicketRow {
     pub not_after: i64,
     pub allowance: i64,
     pub issued_at: i64,
+    /// What the client paid, micro-credits.
+    pub price: i64,
+    /// `issued` (through the coordinator), `uploaded` (a partner's sales record) or `repair`.
+    pub source: &'static str,
 }
 
 fn parse_content(s: &str) -> Result<ContentId, DbError> {
@@ -659,7 +669,7 @@ impl Db {
     /// Records a ticket issued through the coordinator (a sales record).
     pub async fn add_ticket(&self, t: &TicketRow) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at, price, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.content)
@@ -668,6 +678,8 @@ impl Db {
         .bind(t.not_after)
         .bind(t.allowance)
         .bind(t.issued_at)
+        .bind(t.price)
+        .bind(t.source)
         .execute(&self.pool)
         .await?;
         Ok(())

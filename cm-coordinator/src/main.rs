@@ -89,9 +89,65 @@ enum Command {
         /// Bytes the client may fetch in total (default: twice the encoded size).
         #[arg(long)]
         allowance: Option<bytesize::ByteSize>,
+        /// What the client paid, credits (default: the coordinator's price per GB of allowance).
+        #[arg(long)]
+        price: Option<f64>,
         /// Where to write the ticket file.
         #[arg(long)]
         out: PathBuf,
+        /// Sign with the partner's key without recording the sale, as a partner selling
+        /// offline does; the coordinator pays for work under it only once the sales record
+        /// (`--sales-record`) is imported with `sales import`.
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: append the ticket's sales record (one JSON line) to this file.
+        #[arg(long, requires = "offline")]
+        sales_record: Option<PathBuf>,
+    },
+    /// Reconcile node claims against receipts, sales, completions, placements and audits now,
+    /// and settle pay; prints the verdict counts.
+    Reconcile {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A node's account: level, balance, held earnings, audits, verdicts.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Every node's balance and held earnings, and the collective's own accounts.
+    Ledger {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pay out every positive balance for a period (once per period) and write the statement.
+    Payout {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The period's name, e.g. 2026-11.
+        #[arg(long)]
+        period: String,
+        /// Where to write the statement (CSV: node, amount in micro-credits and credits, held).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sales records uploaded by partners.
+    Sales {
+        #[command(subcommand)]
+        command: SalesCommand,
+    },
+    /// The newest reconciliation verdicts with their evidence.
+    Verdicts {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect published contents.
     Content {
@@ -136,6 +192,29 @@ enum ContentCommand {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// One node's account.
+    Show {
+        id: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SalesCommand {
+    /// Record tickets a partner signed offline as sold (a file of JSON lines, as written by
+    /// `ticket --offline --sales-record`); a record imported twice counts once.
+    Import {
+        #[arg(long)]
+        data_dir: PathBuf,
+        file: PathBuf,
     },
 }
 
@@ -220,6 +299,26 @@ struct RunSettings {
     /// Demand units per extra parity fragment placed for a content [default: 10].
     #[arg(long)]
     demand_per_fragment: Option<u64>,
+    /// Reconcile node claims and settle pay this often; `reconcile` runs one at any time
+    /// [default: 1d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    reconcile_interval: Option<Duration>,
+    /// Mean time between two unannounced storage audits of one node (exponentially
+    /// distributed, so never predictable) [default: 6h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    audit_interval: Option<Duration>,
+    /// Price of a ticket per GB of allowance when `ticket --price` is not given, credits
+    /// [default: 3].
+    #[arg(long)]
+    ticket_price_per_gb: Option<f64>,
+    /// The pay policy (`[pay]` section of the config file only).
+    #[arg(skip)]
+    pay: Option<cm_coordinator::policy::PayPolicy>,
+    /// Reconciliation tunables (`[reconcile]` section of the config file only).
+    #[arg(skip)]
+    reconcile: Option<cm_coordinator::reconcile::ReconcileConfig>,
 }
 
 impl RunSettings {
@@ -271,7 +370,33 @@ impl RunSettings {
                 .max(1),
             ..defaults
         };
+        let defaults = cm_coordinator::accounting::AccountingConfig::default();
+        let accounting = cm_coordinator::accounting::AccountingConfig {
+            pay: file.pay.unwrap_or(defaults.pay),
+            reconcile: file.reconcile.unwrap_or(defaults.reconcile),
+            ticket_price_per_gb: self
+                .ticket_price_per_gb
+                .or(file.ticket_price_per_gb)
+                .unwrap_or(defaults.ticket_price_per_gb),
+        };
+        accounting.validate()?;
+        let timers = cm_coordinator::accounting::AccountingTimers {
+            reconcile_interval: Some(
+                self.reconcile_interval
+                    .or(file.reconcile_interval)
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+            )
+            .filter(|d| !d.is_zero()),
+            audit_interval: Some(
+                self.audit_interval
+                    .or(file.audit_interval)
+                    .unwrap_or(Duration::from_secs(6 * 3600)),
+            )
+            .filter(|d| !d.is_zero()),
+        };
         Ok(RunConfig {
+            accounting,
+            timers,
             listen,
             http: self.http.or(file.http),
             liveness: cm_coordinator::liveness::LivenessConfig {
@@ -414,8 +539,58 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             client,
             expires,
             allowance,
+            price,
             out,
+            offline,
+            sales_record,
         } => {
+            if let Some(p) = price
+                && !(p.is_finite() && p >= 0.0)
+            {
+                anyhow::bail!("--price must be a non-negative number of credits, found {p}");
+            }
+            if offline {
+                let dir = DataDir::new(&data_dir);
+                let db = cm_coordinator::db::Db::open_sqlite(&dir.database()).await?;
+                let coordinator = std::fs::read_to_string(dir.addr_file())
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "no coordinator address in {}: the ticket must name a running coordinator",
+                            dir.addr_file().display()
+                        )
+                    })?
+                    .trim()
+                    .parse()?;
+                let order = cm_coordinator::sales::TicketOrder {
+                    partner,
+                    content,
+                    client,
+                    expires_secs: expires.as_secs().max(1),
+                    allowance: allowance.map(|a| a.as_u64()),
+                    price: price.map(|p| cm_coordinator::policy::micro(p) as u64),
+                };
+                let accounting = cm_coordinator::accounting::AccountingConfig::default();
+                let sold =
+                    cm_coordinator::sales::sign_ticket(&dir, &db, &accounting, order).await?;
+                if let Some(path) = sales_record {
+                    use std::io::Write;
+                    let mut line = serde_json::to_vec(&sold.record())?;
+                    line.push(b'\n');
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(&line))
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                }
+                overlay::ticket::TicketFile {
+                    ticket: sold.ticket,
+                    content_key: sold.content_key,
+                    coordinator,
+                }
+                .save(&out)?;
+                return Ok(());
+            }
             let file = call(
                 &data_dir,
                 AdminRequest::Ticket {
@@ -424,6 +599,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     client,
                     expires_secs: expires.as_secs().max(1),
                     allowance: allowance.map(|a| a.as_u64()),
+                    price: price.map(|p| cm_coordinator::policy::micro(p) as u64),
                 },
             )
             .await?;
@@ -493,6 +669,177 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             .await?;
             println!("demand hint recorded until {}", out["until"]);
         }
+        Command::Reconcile { data_dir, json } => {
+            let out = call(&data_dir, AdminRequest::Reconcile).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "run {}: {} claims under {} tickets ({} waiting for a sales record): {} confirmed, {} conflict, {} suspected collusion; {} nodes settled, {} paid, {} fined, {} forfeited",
+                    out["run"],
+                    out["claims"],
+                    out["tickets"],
+                    out["pending_tickets"],
+                    out["confirmed"],
+                    out["conflict"],
+                    out["suspected_collusion"],
+                    out["nodes_settled"],
+                    credits(out["paid"].as_i64().unwrap_or(0)),
+                    credits(out["fined"].as_i64().unwrap_or(0)),
+                    credits(out["forfeited"].as_i64().unwrap_or(0)),
+                );
+                if let Some(kinds) = out["by_kind"].as_object() {
+                    for (kind, n) in kinds {
+                        println!("  {kind}: {n}");
+                    }
+                }
+            }
+        }
+        Command::Node {
+            command: NodeCommand::Show { id, data_dir, json },
+        } => {
+            let out = call(&data_dir, AdminRequest::NodeShow { id }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("node {}", out["id"].as_str().unwrap_or("?"));
+                println!(
+                    "  level {} ({}), balance {}, held {}, earned {}, paid out {}",
+                    out["level"].as_str().unwrap_or("?"),
+                    out["level_index"],
+                    credits(out["balance"].as_i64().unwrap_or(0)),
+                    credits(out["held"].as_i64().unwrap_or(0)),
+                    credits(out["earned"].as_i64().unwrap_or(0)),
+                    credits(out["paid_out"].as_i64().unwrap_or(0)),
+                );
+                println!(
+                    "  audits passed {}, failed {}; offences remembered {}",
+                    out["audits_passed"], out["audits_failed"], out["offences"]
+                );
+                for v in out["verdicts"].as_array().into_iter().flatten() {
+                    println!(
+                        "  run {} {} {} amount={} ticket={}",
+                        v["run"],
+                        v["outcome"].as_str().unwrap_or("?"),
+                        v["kind"].as_str().unwrap_or("?"),
+                        v["amount"].as_str().unwrap_or("?"),
+                        v["ticket"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        Command::Ledger { data_dir, json } => {
+            let out = call(&data_dir, AdminRequest::Ledger).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{:<52} {:>20} {:>20}", "NODE", "BALANCE", "HELD");
+                for n in out["nodes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<52} {:>20} {:>20}",
+                        n["id"].as_str().unwrap_or("?"),
+                        credits(n["balance"].as_i64().unwrap_or(0)),
+                        credits(n["held"].as_i64().unwrap_or(0)),
+                    );
+                }
+                for (account, balance) in out["accounts"].as_object().into_iter().flatten() {
+                    println!(
+                        "{account:<52} {:>20}",
+                        credits(balance.as_i64().unwrap_or(0))
+                    );
+                }
+            }
+        }
+        Command::Payout {
+            data_dir,
+            period,
+            out,
+        } => {
+            let statement = call(
+                &data_dir,
+                AdminRequest::Payout {
+                    period: period.clone(),
+                },
+            )
+            .await?;
+            let mut csv = String::from("node,period,amount_ucr,amount_credits,held_ucr\n");
+            let mut total = 0i64;
+            for r in statement["rows"].as_array().into_iter().flatten() {
+                let amount = r["amount"].as_i64().unwrap_or(0);
+                total += amount;
+                csv.push_str(&format!(
+                    "{},{},{},{},{}\n",
+                    r["node"].as_str().unwrap_or("?"),
+                    period,
+                    amount,
+                    credits(amount).trim_end_matches(" cr"),
+                    r["held"].as_i64().unwrap_or(0),
+                ));
+            }
+            overlay::store::write_atomic(&out, csv.as_bytes(), false)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!(
+                "period {period}: {} paid to {} nodes; statement in {}",
+                credits(total),
+                statement["rows"].as_array().map_or(0, |r| r
+                    .iter()
+                    .filter(|r| r["amount"].as_i64() > Some(0))
+                    .count()),
+                out.display()
+            );
+        }
+        Command::Sales {
+            command: SalesCommand::Import { data_dir, file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let mut records = Vec::new();
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                records.push(serde_json::from_str(line).map_err(|e| {
+                    anyhow::anyhow!("{} line {}: not a sales record: {e}", file.display(), i + 1)
+                })?);
+            }
+            let out = call(&data_dir, AdminRequest::SalesImport { records }).await?;
+            println!(
+                "{} sales records added, {} already known",
+                out["added"], out["duplicate"]
+            );
+            let refused = out["refused"].as_array().cloned().unwrap_or_default();
+            for r in &refused {
+                eprintln!("refused: {}", r.as_str().unwrap_or("?"));
+            }
+            if !refused.is_empty() {
+                anyhow::bail!("{} sales records refused", refused.len());
+            }
+        }
+        Command::Verdicts {
+            data_dir,
+            limit,
+            json,
+        } => {
+            let out = call(&data_dir, AdminRequest::Verdicts { limit }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for v in out.as_array().into_iter().flatten() {
+                    println!(
+                        "run {} {} {} node={} client={} ticket={} amount={} evidence={}",
+                        v["run"],
+                        v["outcome"].as_str().unwrap_or("?"),
+                        v["kind"].as_str().unwrap_or("?"),
+                        v["node"].as_str().unwrap_or("-"),
+                        v["client"].as_str().unwrap_or("-"),
+                        v["ticket"].as_str().unwrap_or("-"),
+                        v["amount"].as_str().unwrap_or("?"),
+                        v["evidence"],
+                    );
+                }
+            }
+        }
         Command::Reports { data_dir, json } => {
             let reports = call(&data_dir, AdminRequest::Reports).await?;
             if json {
@@ -512,6 +859,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Micro-credits as credits with six decimals.
+fn credits(micro: i64) -> String {
+    let sign = if micro < 0 { "-" } else { "" };
+    let m = micro.unsigned_abs();
+    format!("{sign}{}.{:06} cr", m / 1_000_000, m % 1_000_000)
 }
 
 /// Resolves on ctrl-c or SIGTERM.

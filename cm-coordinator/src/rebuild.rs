@@ -316,17 +316,30 @@ async fn repair_ticket(
     };
     let cert: Certificate = postcard::from_bytes(&cert)?;
     let key = Identity::load(&coord.dir.partner_key(&meta.partner))?;
-    Ok(Ticket::issue(
-        &key,
-        cert,
-        TicketBody {
-            ticket_id: rand::random(),
-            content,
-            client: coord.root.peer_id(),
-            not_after: now_secs() + 3600,
-            allowance,
-        },
-    ))
+    let now = now_secs();
+    let body = TicketBody {
+        ticket_id: rand::random(),
+        content,
+        client: coord.root.peer_id(),
+        not_after: now + 3600,
+        allowance,
+    };
+    // The sales record that lets reconciliation pay the holders' repair traffic.
+    coord
+        .db
+        .add_ticket(&crate::db::TicketRow {
+            id: hex::encode(body.ticket_id),
+            content: content.to_string(),
+            client: body.client.to_string(),
+            partner: meta.partner.clone(),
+            not_after: body.not_after as i64,
+            allowance: allowance as i64,
+            issued_at: now as i64,
+            price: 0,
+            source: "repair",
+        })
+        .await?;
+    Ok(Ticket::issue(&key, cert, body))
 }
 
 /// Fetches one fragment as a client would, verifies it and signs the node a receipt.

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
-use overlay::cert::{self, Certificate, Role};
+use overlay::cert::{self, Role};
 use overlay::manifest::SignedManifest;
 use overlay::net::{Net, with_peer};
 use overlay::proto::{
     self, ClientRequest, ClientResponse, Contact, ContactList, ControlRequest, ControlResponse,
     Holder, ProblemKind,
 };
-use overlay::ticket::{Ticket, TicketBody, TicketFile};
+use overlay::ticket::TicketFile;
 use overlay::time::now_secs;
 use overlay::{ContentId, Identity, Multiaddr, PeerId};
 use rand::seq::SliceRandom;
@@ -26,7 +26,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
 use crate::datadir::DataDir;
-use crate::db::{ContentRow, Db, ProblemRow, TicketRow};
+use crate::db::{ContentRow, Db, ProblemRow};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
 use crate::placement::{PlacementRules, Subnet};
 use crate::publish::{self, PublishParams};
@@ -56,6 +56,10 @@ pub struct RunConfig {
     pub repair: RepairConfig,
     /// Repair driver and demand settings.
     pub rebuild: RebuildConfig,
+    /// Pay policy, reconciliation tunables, ticket prices.
+    pub accounting: crate::accounting::AccountingConfig,
+    /// Reconciliation and audit timers.
+    pub timers: crate::accounting::AccountingTimers,
 }
 
 /// A running coordinator's shared state.
@@ -84,7 +88,16 @@ pub struct Coordinator {
     pub subnets: std::sync::Mutex<HashMap<PeerId, Subnet>>,
     /// Node profiles (availability, bandwidth, groups), recomputed every half minute.
     pub profiles: std::sync::Mutex<Option<Arc<crate::profiles::Profiles>>>,
+    /// Bytes of large control frames (node reports) read at once.
+    pub report_memory: Semaphore,
+    /// Pay policy, reconciliation tunables, ticket prices.
+    pub accounting: crate::accounting::AccountingConfig,
+    /// Held by a reconciliation run or payout: one at a time.
+    pub reconciling: tokio::sync::Mutex<()>,
 }
+
+/// Memory for node reports being read at once: four of the largest.
+const REPORT_MEMORY: usize = 4 * proto::MAX_REPORT_MSG;
 
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(
@@ -129,6 +142,9 @@ pub async fn run(
         metas: Default::default(),
         subnets: Default::default(),
         profiles: Default::default(),
+        report_memory: Semaphore::new(REPORT_MEMORY),
+        accounting: config.accounting.clone(),
+        reconciling: tokio::sync::Mutex::new(()),
     });
     crate::rebuild::load(&coord).await?;
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
@@ -139,6 +155,9 @@ pub async fn run(
         coord.clone(),
         config.rebuild.clone(),
     ));
+    if let Some(interval) = config.timers.reconcile_interval {
+        tokio::spawn(crate::accounting::reconcile_loop(coord.clone(), interval));
+    }
     if let Some(http) = config.http {
         let bound = crate::http::serve(coord.clone(), http).await?;
         overlay::store::write_atomic(
@@ -197,7 +216,18 @@ async fn respond<T: serde::Serialize>(stream: &mut Stream, msg: &T) {
 }
 
 async fn handle_control(coord: Arc<Coordinator>, peer: PeerId, mut stream: Stream) {
-    let req: ControlRequest = match proto::read_msg(&mut stream, proto::MAX_SMALL_MSG).await {
+    // Reports are the one large control message: memory for large frames is reserved from a
+    // shared budget before the frame is read, so a crowd of reporting nodes waits its turn.
+    let read = async {
+        let len = proto::read_len(&mut stream, proto::MAX_REPORT_MSG).await?;
+        let _reserved = if len > proto::MAX_SMALL_MSG {
+            Some(coord.report_memory.acquire_many(len as u32).await)
+        } else {
+            None
+        };
+        proto::read_body::<_, ControlRequest>(&mut stream, len).await
+    };
+    let req: ControlRequest = match read.await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "bad control request");
@@ -299,8 +329,56 @@ async fn control(
             }
             ControlResponse::Ok
         }
-        ControlRequest::Report(_) | ControlRequest::Account => {
-            ControlResponse::Error("accounting is not enabled on this coordinator".into())
+        ControlRequest::Report(report) => {
+            let body = match report.verify_by(&peer) {
+                Ok(body) if body.node == peer => body,
+                Ok(body) => {
+                    return Ok(ControlResponse::Error(format!(
+                        "report names node {}, not the sender {peer}",
+                        body.node
+                    )));
+                }
+                Err(e) => return Ok(ControlResponse::Error(format!("bad report signature: {e}"))),
+            };
+            if let Err(e) = body.check_bounds() {
+                return Ok(ControlResponse::Error(format!("malformed report: {e}")));
+            }
+            if !coord.db.is_node(&peer).await? {
+                return Ok(ControlResponse::Error(
+                    "unknown node: register first".into(),
+                ));
+            }
+            match coord.db.ingest_report(&report, now_secs()).await? {
+                crate::db::Ingested::Accepted { new, duplicate } => {
+                    info!(
+                        seq = body.seq,
+                        claims = body.served.len(),
+                        new,
+                        duplicate,
+                        "node report ingested"
+                    );
+                    ControlResponse::ReportAccepted {
+                        seq: body.seq,
+                        new_receipts: new,
+                        duplicate_receipts: duplicate,
+                    }
+                }
+                crate::db::Ingested::Stale { last_seq } => {
+                    warn!(
+                        seq = body.seq,
+                        last_seq, "stale or replayed node report refused"
+                    );
+                    ControlResponse::StaleReport { last_seq }
+                }
+            }
+        }
+        ControlRequest::Account => {
+            if !coord.db.is_node(&peer).await? {
+                return Ok(ControlResponse::Error(
+                    "unknown node: register first".into(),
+                ));
+            }
+            ControlResponse::Account(crate::accounting::account_view(coord, &peer).await?)
         }
     })
 }
@@ -778,54 +856,35 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             client,
             expires_secs,
             allowance,
+            price,
         } => {
-            let content: ContentId = content.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let client = PeerId::from_str(&client)
-                .map_err(|e| anyhow::anyhow!("`{client}` is not a client ID: {e}"))?;
-            overlay::identity::verifying_key_of(&client)
-                .map_err(|_| anyhow::anyhow!("client ID {client} is not an Ed25519 key"))?;
-            let Some(cert) = coord.db.partner_cert(&partner).await? else {
-                anyhow::bail!("unknown partner `{partner}`");
-            };
-            let partner_cert: Certificate = postcard::from_bytes(&cert)?;
-            let partner_key = overlay::Identity::load(&coord.dir.partner_key(&partner))?;
-            let Some(row) = coord.db.content(&content).await? else {
-                anyhow::bail!("unknown content {content}");
-            };
-            let manifest: SignedManifest = postcard::from_bytes(&row.manifest)?;
-            let now = now_secs();
-            // Room for the encoded size twice over: retries and resumed downloads.
-            let encoded: u64 = (0..manifest.body.segments())
-                .map(|s| (manifest.body.fragment_len(s) * manifest.body.k()) as u64)
-                .sum();
-            let body = TicketBody {
-                ticket_id: rand::random(),
+            let order = crate::sales::TicketOrder {
+                partner,
                 content,
                 client,
-                not_after: now + expires_secs,
-                allowance: allowance.unwrap_or(encoded * 2),
+                expires_secs,
+                allowance,
+                price,
             };
-            let ticket = Ticket::issue(&partner_key, partner_cert, body.clone());
-            coord
-                .db
-                .add_ticket(&TicketRow {
-                    id: hex::encode(body.ticket_id),
-                    content: content.to_string(),
-                    client: client.to_string(),
-                    partner,
-                    not_after: body.not_after as i64,
-                    allowance: body.allowance as i64,
-                    issued_at: now as i64,
-                })
-                .await?;
+            let sold =
+                crate::sales::sign_ticket(&coord.dir, &coord.db, &coord.accounting, order).await?;
+            coord.db.add_ticket(&sold.row("issued")).await?;
             let file = TicketFile {
-                ticket,
-                content_key: row.content_key,
+                ticket: sold.ticket,
+                content_key: sold.content_key,
                 coordinator: coord.addr.clone(),
             };
             Ok(serde_json::to_value(file)?)
         }
         AdminRequest::Reports => Ok(serde_json::to_value(coord.db.problems().await?)?),
+        AdminRequest::Reconcile => Ok(crate::accounting::run_now(coord).await?.summary),
+        AdminRequest::NodeShow { id } => crate::accounting::node_show(coord, &id).await,
+        AdminRequest::Ledger => crate::accounting::ledger(coord).await,
+        AdminRequest::Payout { period } => crate::accounting::payout(coord, &period).await,
+        AdminRequest::SalesImport { records } => crate::sales::import(coord, records).await,
+        AdminRequest::Verdicts { limit } => {
+            Ok(serde_json::to_value(coord.db.verdicts(None, limit).await?)?)
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+pub use ed25519_dalek::Signature;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 

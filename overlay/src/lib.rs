@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! * [`audit`]: storage audits: BLAKE3 verified-streaming proofs of a random fragment range.
 //! * [`identity`]: Ed25519 keys in files, peer IDs, domain-separated signatures, [`identity::Signed`].
 //! * [`cert`]: CM-signed certificates binding a peer ID to a role and a validity window.
 //! * [`ticket`]: partner-signed download rights, and the ticket file a client holds.
@@ -17,6 +18,7 @@
 //! Signed objects are encoded with postcard (deterministic for the plain structs used here) and
 //! signed over `domain || encoding`, so a signature for one kind of object never verifies as another.
 
+pub mod audit;
 pub mod cert;
 pub mod codec;
 pub mod identity;

@@ -8,6 +8,8 @@
 //!   the client answers with a signed receipt.
 //! * `/ccds/client/1` — client → CM: manifest and contact list for a ticket; reports.
 //! * `/ccds/probe/1` — CM → node: is the node's process alive and serving?
+//! * `/ccds/audit/1` — CM → node: a random byte range of a fragment the node is paid to store →
+//!   its BLAKE3 verified-streaming proof (see [`crate::audit`]).
 //!
 //! # Goals
 //! Every message is one frame: a 4-byte little-endian length then a postcard body. The length is
@@ -81,6 +83,27 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+/// Reads a frame's length prefix, refusing one above `max`; the caller may then reserve memory
+/// for it before reading the body with [`read_body`].
+pub async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<usize, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Reads and decodes a frame body of `len` bytes (from [`read_len`]).
+pub async fn read_body<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    len: usize,
+) -> Result<T, FrameError> {
+    let body = read_bytes(r, len).await?;
     Ok(postcard::from_bytes(&body)?)
 }
 
@@ -336,6 +359,46 @@ pub enum ClientResponse {
     Error(String),
 }
 
+// ---- /ccds/audit/1 ---------------------------------------------------------------------------
+
+/// CM → node storage audit: one [`AuditRequest`] frame, one [`AuditResponse`] frame back.
+pub const AUDIT: StreamProtocol = StreamProtocol::new("/ccds/audit/1");
+
+/// Largest [`AuditResponse`] frame: a maximal proof plus postcard's tag and length prefix.
+pub const MAX_AUDIT_MSG: usize = crate::audit::MAX_AUDIT_PROOF + 64;
+
+/// CM → node: prove that you hold bytes `offset..offset + len` of `fragment`. At most
+/// [`MAX_SMALL_MSG`] on the wire; `len` at most [`crate::audit::MAX_AUDIT_RANGE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRequest {
+    pub fragment: FragmentId,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Node → CM, at most [`MAX_AUDIT_MSG`] on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditResponse {
+    /// The range's proof, from [`crate::audit::prove`]; the CM checks it with
+    /// [`crate::audit::verify`] against the manifest's hash.
+    Proof(Vec<u8>),
+    /// The fragment is not stored here.
+    NotFound,
+    /// The node's copy failed its hash check on disk (and was dropped).
+    Corrupt,
+    /// Not answered, and why (the asker is not the pinned CM, the range is malformed, ...).
+    Refused(String),
+}
+
+/// Auditor side: sends `request` and reads the node's answer (the caller bounds the time).
+pub async fn request_audit<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &AuditRequest,
+) -> Result<AuditResponse, FrameError> {
+    write_msg(stream, request).await?;
+    read_msg(stream, MAX_AUDIT_MSG).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +428,31 @@ mod tests {
                 Err(FrameError::Io(_))
             ));
             assert!(read_bytes(&mut &[1u8, 2][..], 3).await.is_err());
+        });
+    }
+
+    #[test]
+    fn largest_audit_answer_fits_its_frame() {
+        futures::executor::block_on(async {
+            let answer = AuditResponse::Proof(vec![0xa5; crate::audit::MAX_AUDIT_PROOF]);
+            let mut buf = Vec::new();
+            write_msg(&mut buf, &answer).await.unwrap();
+            assert!(buf.len() - 4 <= MAX_AUDIT_MSG);
+            let back: AuditResponse = read_msg(&mut &buf[..], MAX_AUDIT_MSG).await.unwrap();
+            assert_eq!(back, answer);
+            let request = AuditRequest {
+                fragment: FragmentId {
+                    content: ContentId([7; 32]),
+                    segment: u32::MAX,
+                    index: u16::MAX,
+                },
+                offset: u64::MAX,
+                len: u64::MAX,
+            };
+            let mut buf = Vec::new();
+            write_msg(&mut buf, &request).await.unwrap();
+            let back: AuditRequest = read_msg(&mut &buf[..], MAX_SMALL_MSG).await.unwrap();
+            assert_eq!(back, request);
         });
     }
 }

@@ -1,0 +1,872 @@
+//! The accounting driver: ingested witnesses → reconciliation → pay → ledger, in one database
+//! transaction per run; and the account views nodes and operators read.
+//!
+//! The decisions are made by the pure cores ([`crate::reconcile`], [`crate::pay`]); this module
+//! only gathers their inputs from the database and writes their outputs back.
+
+use std::time::Duration;
+
+use overlay::PeerId;
+use overlay::report::AccountView;
+use serde::{Deserialize, Serialize};
+
+use crate::db::accounts;
+use crate::policy::PayPolicy;
+use crate::reconcile::ReconcileConfig;
+use crate::server::Coordinator;
+
+/// Settings of accounting: the `[pay]` and `[reconcile]` sections of the config, and timers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// Pay policy.
+    pub pay: PayPolicy,
+    /// Reconciliation tunables.
+    pub reconcile: ReconcileConfig,
+    /// Price of a ticket per GB of allowance when the issuer names none, credits. It must exceed
+    /// what a node can earn per GB served, so that buying tickets to fetch from oneself never pays.
+    pub ticket_price_per_gb: f64,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        Self {
+            pay: PayPolicy::default(),
+            reconcile: ReconcileConfig::default(),
+            ticket_price_per_gb: 3.0,
+        }
+    }
+}
+
+impl AccountingConfig {
+    /// Checks the policy, the tunables and that the default ticket price pays more than a node
+    /// can earn per GB.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.pay.validate()?;
+        self.reconcile
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[reconcile] {e}"))?;
+        self.pay
+            .check_ticket_price(
+                crate::policy::micro(self.ticket_price_per_gb),
+                1_000_000_000,
+            )
+            .map_err(|e| anyhow::anyhow!("ticket_price_per_gb: {e}"))?;
+        Ok(())
+    }
+
+    /// Price of a ticket with `allowance` bytes at the default price per GB, micro-credits.
+    pub fn default_price(&self, allowance: u64) -> i64 {
+        let per_gb = i128::from(crate::policy::micro(self.ticket_price_per_gb));
+        ((per_gb * i128::from(allowance) + 999_999_999) / 1_000_000_000) as i64
+    }
+}
+
+/// Timers of the accounting tasks.
+#[derive(Clone, Debug)]
+pub struct AccountingTimers {
+    /// Reconcile this often (`None`: only on demand).
+    pub reconcile_interval: Option<Duration>,
+    /// Mean time between two audits of one node (`None`: no audits).
+    pub audit_interval: Option<Duration>,
+}
+
+/// A node's account as shown to the node itself.
+pub async fn account_view(coord: &Coordinator, node: &PeerId) -> anyhow::Result<AccountView> {
+    let id = node.to_string();
+    let db = &coord.db;
+    let level_index = match db.node_state(crate::db::StateTable::Pay, &id).await? {
+        Some(state) => serde_json::from_str::<serde_json::Value>(&state)?["level"]
+            .as_u64()
+            .unwrap_or(0) as u32,
+        None => 0,
+    };
+    let level = coord
+        .accounting
+        .pay
+        .levels
+        .get(level_index as usize)
+        .map(|l| l.name.clone())
+        .unwrap_or_default();
+    Ok(AccountView {
+        level,
+        level_index,
+        balance: db.balance(&accounts::available(&id)).await?,
+        held: db.balance(&accounts::held(&id)).await?,
+        earned: db.ledger_sum(&id, "accrual").await? + db.ledger_sum(&id, "bonus").await?,
+        paid_out: db.ledger_sum(&id, "payout").await?,
+        reconciled_at: db.last_run_end().await?,
+        last_report_seq: db.last_report_seq(node).await?,
+    })
+}
+
+/// What a reconciliation run did.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub run: i64,
+    /// Counts and totals, as printed by `cm-coordinator reconcile`.
+    pub summary: serde_json::Value,
+    /// Placements closed because their holders no longer list them: `(content, segment, index,
+    /// node)`; the repair core must forget these holders.
+    pub lost: Vec<(String, u32, u16, String)>,
+}
+
+/// Content facts reconciliation needs.
+struct ContentFacts {
+    manifest: overlay::manifest::Manifest,
+    largest_fragment: u64,
+}
+
+/// What one node did and was caught at in this run.
+#[derive(Default)]
+struct Tally {
+    served: u64,
+    repair: u64,
+    stored: u128,
+    conflicts: u32,
+    conflict_value: i128,
+    suspected: u32,
+}
+
+/// Audit score half-life used for pay levels.
+const AUDIT_HALF_LIFE_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
+fn rate_value(bytes: u128, micro_per_unit: i64, unit: u128) -> i128 {
+    (bytes.saturating_mul(micro_per_unit.max(0) as u128) / unit) as i128
+}
+
+fn entry_kind(kind: crate::pay::EntryKind) -> &'static str {
+    use crate::pay::EntryKind::*;
+    match kind {
+        Accrual => "accrual",
+        Bonus => "bonus",
+        Hold => "hold",
+        Release => "release",
+        Forfeit => "forfeit",
+        Penalty => "penalty",
+        Payout => "payout",
+    }
+}
+
+fn parse_entry_kind(kind: &str) -> Option<crate::pay::EntryKind> {
+    use crate::pay::EntryKind::*;
+    Some(match kind {
+        "accrual" => Accrual,
+        "bonus" => Bonus,
+        "hold" => Hold,
+        "release" => Release,
+        "forfeit" => Forfeit,
+        "penalty" => Penalty,
+        "payout" => Payout,
+        _ => return None,
+    })
+}
+
+fn account_name(account: &crate::pay::Account<String>) -> String {
+    use crate::pay::Account::*;
+    match account {
+        Available(n) => accounts::available(n),
+        Held(n) => accounts::held(n),
+        Work => accounts::WORK.into(),
+        Bonuses => accounts::BONUSES.into(),
+        Penalties => accounts::PENALTIES.into(),
+        Forfeits => accounts::FORFEITS.into(),
+        Payouts => accounts::PAYOUTS.into(),
+    }
+}
+
+/// Verifies a claim's receipt signature in depth: the receipt body is rebuilt from the stored
+/// columns and checked against its signer.
+fn receipt_signature_holds(
+    ticket: &str,
+    content: &str,
+    node: &str,
+    r: &crate::db::ReceiptRow,
+) -> bool {
+    use std::str::FromStr;
+    let parsed = (|| {
+        let mut ticket_id = [0u8; 16];
+        hex::decode_to_slice(ticket, &mut ticket_id).ok()?;
+        let body = overlay::receipt::ReceiptBody {
+            ticket_id,
+            content: content.parse().ok()?,
+            node: PeerId::from_str(node).ok()?,
+            fragments: r.fragments,
+            bytes: r.bytes,
+            seq: r.seq,
+            time: r.time,
+        };
+        let signer = PeerId::from_str(&r.signer).ok()?;
+        let signature = overlay::identity::Signature::from_slice(&r.signature).ok()?;
+        Some((body, signer, signature))
+    })();
+    let Some((body, signer, signature)) = parsed else {
+        return false;
+    };
+    overlay::identity::verify(
+        &signer,
+        <overlay::receipt::ReceiptBody as overlay::identity::Domain>::DOMAIN,
+        &overlay::identity::encode(&body),
+        &signature,
+    )
+    .is_ok()
+}
+
+/// Runs one reconciliation over everything ingested since the last run, settles pay, and
+/// writes verdicts, ledger entries, pay states and closed placements in one transaction.
+pub async fn reconcile<R: rand::Rng + Send>(
+    db: &crate::db::Db,
+    config: &AccountingConfig,
+    now: u64,
+    rng: &mut R,
+) -> anyhow::Result<RunOutcome> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+    use crate::pay::{self, Balances, Facts, NodeInput, NodeState, Offences, RunInfo, Work};
+    use crate::policy::{GB, MONTH_SECS, micro};
+    use crate::reconcile::{
+        Completion, HeldClaim, PlacementRecord, ReceiptFacts, Sale, SaleKind, ServedClaim,
+        ServiceKind, TicketCase, reconcile_storage, reconcile_ticket,
+    };
+
+    let started = std::time::Instant::now();
+    let policy = &config.pay;
+    let period_from = db.last_run_end().await?;
+    let period_to = now.max(period_from);
+
+    let mut contents: HashMap<String, ContentFacts> = HashMap::new();
+    for row in db.all_contents().await? {
+        let Ok(signed) = postcard::from_bytes::<overlay::manifest::SignedManifest>(&row.manifest)
+        else {
+            tracing::warn!(content = %row.id, "unreadable manifest: its claims cannot be confirmed");
+            continue;
+        };
+        let manifest = signed.body;
+        let largest_fragment = (0..manifest.segments())
+            .map(|s| manifest.fragment_len(s) as u64)
+            .max()
+            .unwrap_or(0);
+        contents.insert(
+            row.id.to_string(),
+            ContentFacts {
+                manifest,
+                largest_fragment,
+            },
+        );
+    }
+    let mut assigned: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    for (content, node, count) in db.assigned_counts().await? {
+        assigned.entry(content).or_default().insert(node, count);
+    }
+    let mut states: HashMap<String, NodeState> = HashMap::new();
+    for (node, state) in db.node_states(crate::db::StateTable::Pay).await? {
+        states.insert(node, serde_json::from_str(&state)?);
+    }
+    let watched: BTreeSet<String> = states
+        .iter()
+        .filter(|(_, s)| !s.offences.is_empty())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut completions: HashMap<String, Completion<String>> = HashMap::new();
+    for (ticket, id, report, at) in db.dirty_completions().await? {
+        let Ok(report) = postcard::from_bytes::<overlay::receipt::CompletionReport>(&report) else {
+            tracing::warn!(ticket, id, "unreadable completion report skipped");
+            continue;
+        };
+        let per_node = report
+            .body
+            .per_node
+            .iter()
+            .map(|n| (n.node.to_string(), n.bytes))
+            .collect();
+        completions.insert(
+            ticket,
+            Completion {
+                id,
+                time: report.body.time.max(at),
+                per_node,
+            },
+        );
+    }
+
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    let mut writes = crate::db::RunWrites {
+        started_at: now,
+        period_from,
+        period_to,
+        ..Default::default()
+    };
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let (
+        mut tickets,
+        mut pending,
+        mut claims,
+        mut confirmed,
+        mut deep,
+        mut conflicts,
+        mut suspected,
+    ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut confirmed_bytes: u128 = 0;
+    let rc = &config.reconcile;
+    let served_rate = micro(policy.served_per_gb);
+    let repair_rate = micro(policy.repair_per_gb);
+    let stored_rate = micro(policy.stored_per_gb_month);
+    let push_verdict = |writes: &mut crate::db::RunWrites,
+                        by_kind: &mut BTreeMap<String, u64>,
+                        v: &crate::reconcile::Verdict<String>|
+     -> anyhow::Result<()> {
+        let kind = serde_json::to_value(v.kind)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let outcome = serde_json::to_value(v.outcome)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *by_kind.entry(kind.clone()).or_default() += 1;
+        writes.verdicts.push(crate::db::NewVerdict {
+            node: v.node.clone(),
+            client: v.client.clone(),
+            ticket: v.ticket.clone(),
+            outcome,
+            kind,
+            amount: v.amount,
+            offence: v.offence,
+            evidence: serde_json::to_string(&v.evidence)?,
+        });
+        Ok(())
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    db.dirty_claims(|group| {
+        if failure.is_some() {
+            return;
+        }
+        tickets += 1;
+        let first = &group[0];
+        let mut ticket = [0u8; 16];
+        if hex::decode_to_slice(&first.ticket, &mut ticket).is_err() {
+            tracing::warn!(
+                ticket = first.ticket,
+                "claims under a malformed ticket ID skipped"
+            );
+            return;
+        }
+        let meta = contents.get(&first.content);
+        let case = TicketCase {
+            ticket,
+            content: first.content.clone(),
+            sale: first.sale.as_ref().map(|s| Sale {
+                client: s.client.clone(),
+                allowance: s.allowance,
+                not_after: s.not_after,
+                kind: match s.source.as_str() {
+                    "repair" => SaleKind::Repair,
+                    "uploaded" => SaleKind::Uploaded,
+                    _ => SaleKind::Issued,
+                },
+            }),
+            claims: group
+                .iter()
+                .map(|c| ServedClaim {
+                    node: c.node.clone(),
+                    bytes: c.bytes,
+                    fragments: c.fragments,
+                    receipt: c.receipt.as_ref().map(|r| ReceiptFacts {
+                        signer: r.signer.clone(),
+                        bytes: r.bytes,
+                        fragments: r.fragments,
+                        seq: r.seq,
+                        time: r.time,
+                    }),
+                    paid_bytes: c.paid_bytes,
+                    first_seen: c.first_seen,
+                    report_seq: c.report_seq,
+                })
+                .collect(),
+            completion: completions.get(&first.ticket).cloned(),
+            assigned: assigned.get(&first.content).cloned().unwrap_or_default(),
+            fragment_size: meta.map_or(0, |m| m.largest_fragment),
+            k: meta.map_or(0, |m| m.manifest.k() as u32),
+            n: meta.map_or(0, |m| m.manifest.target() as u32),
+        };
+        let result = reconcile_ticket(rc, &case, now, &watched, rng, |claim| {
+            group
+                .iter()
+                .find(|c| c.node == claim.node)
+                .and_then(|c| c.receipt.as_ref().map(|r| (c, r)))
+                .is_some_and(|(c, r)| receipt_signature_holds(&c.ticket, &c.content, &c.node, r))
+        });
+        if result.pending {
+            pending += 1;
+            return;
+        }
+        let flagged: BTreeSet<&String> = result
+            .verdicts
+            .iter()
+            .filter_map(|v| v.node.as_ref())
+            .collect();
+        for (row, r) in group.iter().zip(&result.claims) {
+            claims += 1;
+            deep += u64::from(r.deep_checked);
+            if !flagged.contains(&row.node) {
+                confirmed += 1;
+            }
+            confirmed_bytes += u128::from(r.pay);
+            writes.claims.push((row.rowid, r.confirmed, row.report_seq));
+            let t = tallies.entry(row.node.clone()).or_default();
+            match r.service {
+                ServiceKind::Served => t.served += r.pay,
+                ServiceKind::Repair => t.repair += r.pay,
+            }
+        }
+        for v in &result.verdicts {
+            if let Err(e) = push_verdict(&mut writes, &mut by_kind, v) {
+                failure = Some(e);
+                return;
+            }
+            match v.outcome {
+                crate::reconcile::Outcome::Conflict => conflicts += 1,
+                crate::reconcile::Outcome::SuspectedCollusion => suspected += 1,
+            }
+            let Some(node) = &v.node else { continue };
+            let t = tallies.entry(node.clone()).or_default();
+            if v.offence {
+                t.conflicts += 1;
+                let rate = if case
+                    .sale
+                    .as_ref()
+                    .is_some_and(|s| s.kind == SaleKind::Repair)
+                {
+                    repair_rate
+                } else {
+                    served_rate
+                };
+                t.conflict_value += rate_value(v.amount, rate, u128::from(GB));
+            }
+            if v.outcome == crate::reconcile::Outcome::SuspectedCollusion {
+                t.suspected += 1;
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    // Storage: every node that listed its holdings during the period.
+    let failed_audits: HashMap<String, bool> = db
+        .failed_audits(period_from, period_to)
+        .await?
+        .into_iter()
+        .collect();
+    let (mut storage_nodes, mut stored_byte_secs) = (0u64, 0u128);
+    for node in db.holdings_since(period_from).await? {
+        let Some((report_seq, at, blob)) = db.holdings(&node).await? else {
+            continue;
+        };
+        let held: Vec<overlay::report::HeldContent> = match postcard::from_bytes(&blob) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "unreadable holdings skipped");
+                continue;
+            }
+        };
+        let fragments = held
+            .iter()
+            .flat_map(|h| {
+                let content = h.content.to_string();
+                h.fragments
+                    .iter()
+                    .map(move |&(s, i)| (content.clone(), s, i))
+            })
+            .collect();
+        let claim = HeldClaim {
+            report_seq,
+            at,
+            fragments,
+            node: node.clone(),
+        };
+        let records: Vec<PlacementRecord> = db
+            .node_placements(&node, 0)
+            .await?
+            .into_iter()
+            .map(|p| {
+                let size = contents
+                    .get(&p.content)
+                    .map_or(0, |m| m.manifest.fragment_len(u64::from(p.segment)) as u64);
+                PlacementRecord {
+                    fragment: (p.content, p.segment, p.index),
+                    size,
+                    placed_at: p.placed_at,
+                    removed_at: p.removed_at,
+                }
+            })
+            .collect();
+        let result = reconcile_storage(&node, Some(&claim), &records, period_from, period_to);
+        storage_nodes += 1;
+        let t = tallies.entry(node.clone()).or_default();
+        if failed_audits.contains_key(&node) {
+            // Storage pay is lost for the period; reconciliation still closes what is lost.
+            if failed_audits[&node] {
+                t.conflicts += 1;
+                t.conflict_value += rate_value(
+                    result.byte_secs,
+                    stored_rate,
+                    u128::from(GB) * u128::from(MONTH_SECS),
+                );
+            }
+        } else {
+            t.stored += result.byte_secs;
+            stored_byte_secs += result.byte_secs;
+        }
+        for v in &result.verdicts {
+            push_verdict(&mut writes, &mut by_kind, v)?;
+            conflicts += 1;
+            t.conflicts += 1;
+            t.conflict_value += rate_value(
+                v.amount,
+                stored_rate,
+                u128::from(GB) * u128::from(MONTH_SECS),
+            );
+        }
+        for (content, segment, index) in result.lost {
+            writes.lost.push((content, segment, index, node.clone()));
+        }
+    }
+
+    // Facts about every node, then pay.
+    let window = policy.availability_window.as_secs();
+    let mut sessions: HashMap<String, Vec<crate::history::Session>> = HashMap::new();
+    for (node, start, end) in db.sessions_since(now.saturating_sub(window)).await? {
+        sessions.entry(node).or_default().push(match end {
+            Some(end) => crate::history::Session::new(start, end),
+            None => crate::history::Session::open(start),
+        });
+    }
+    let passed: HashMap<String, u64> = db.audits_passed().await?.into_iter().collect();
+    let mut decayed: HashMap<String, (f64, f64)> = HashMap::new();
+    let horizon = (8.0 * AUDIT_HALF_LIFE_SECS) as u64;
+    for (node, pass, at) in db.audits_since(now.saturating_sub(horizon)).await? {
+        let w = 0.5f64.powf(now.saturating_sub(at) as f64 / AUDIT_HALF_LIFE_SECS);
+        let e = decayed.entry(node).or_default();
+        if pass {
+            e.0 += w;
+        } else {
+            e.1 += w;
+        }
+    }
+    let ledgers = db.node_ledger_summary().await?;
+    let facts = db.node_facts().await?;
+    let mut locations: HashMap<String, u64> = HashMap::new();
+    let node_location = |addrs: &str| {
+        let addrs: Vec<overlay::Multiaddr> = serde_json::from_str::<Vec<String>>(addrs)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        crate::history::location(&addrs)
+    };
+    for (_, _, _, _, addrs) in &facts {
+        *locations.entry(node_location(addrs)).or_default() += 1;
+    }
+    let total_nodes = facts.len().max(1) as f64;
+    let mut inputs = Vec::with_capacity(facts.len());
+    for (node, registered_at, _reported_bps, observed_bps, addrs) in &facts {
+        let tally = tallies.remove(node).unwrap_or_default();
+        let ledger = ledgers.get(node).cloned().unwrap_or_default();
+        let events = ledger
+            .events
+            .iter()
+            .filter_map(|(at, kind, amount)| Some((*at, parse_entry_kind(kind)?, *amount)));
+        let (pass_w, fail_w) = decayed.get(node).copied().unwrap_or_default();
+        let location = node_location(addrs);
+        inputs.push(NodeInput {
+            node: node.clone(),
+            state: states
+                .remove(node)
+                .unwrap_or_else(|| NodeState::new(*registered_at)),
+            work: Work {
+                served_bytes: tally.served,
+                repair_bytes: tally.repair,
+                stored_byte_secs: tally.stored,
+            },
+            facts: Facts {
+                age_secs: now.saturating_sub(*registered_at),
+                availability: crate::history::availability(
+                    sessions.get(node).map_or(&[][..], |s| &s[..]),
+                    now,
+                    window,
+                ),
+                // Only what the CM measured itself: a node's own figure could buy it a bonus.
+                upload_bps: *observed_bps,
+                location_share: if location == "unknown" {
+                    1.0
+                } else {
+                    locations.get(&location).copied().unwrap_or(0) as f64 / total_nodes
+                },
+                audits_passed: passed
+                    .get(node)
+                    .copied()
+                    .unwrap_or(0)
+                    .min(u64::from(u32::MAX)) as u32,
+                audit_score: if pass_w + fail_w > 0.0 {
+                    pass_w / (pass_w + fail_w)
+                } else {
+                    1.0
+                },
+                lost_storage: failed_audits.contains_key(node),
+            },
+            offences: Offences {
+                conflicts: tally.conflicts,
+                conflict_value: tally.conflict_value.clamp(0, i128::from(i64::MAX)) as i64,
+                suspected_collusion: tally.suspected,
+            },
+            balances: Balances {
+                available: ledger.available,
+                held: ledger.held,
+                matured_held: pay::matured_held(policy, now, events),
+            },
+        });
+    }
+    let revenue = db.revenue(period_from, period_to).await?;
+    let settlement = pay::settle(
+        policy,
+        &RunInfo {
+            now,
+            period_from,
+            period_to,
+            revenue,
+        },
+        inputs,
+    );
+    let mut paid: i64 = 0;
+    let mut fined: i64 = 0;
+    let mut forfeited: i64 = 0;
+    for e in &settlement.entries {
+        let node = match (&e.debit, &e.credit) {
+            (pay::Account::Available(n) | pay::Account::Held(n), _)
+            | (_, pay::Account::Available(n) | pay::Account::Held(n)) => Some(n.clone()),
+            _ => None,
+        };
+        match e.kind {
+            pay::EntryKind::Accrual | pay::EntryKind::Bonus => paid += e.amount,
+            pay::EntryKind::Penalty => fined += e.amount,
+            pay::EntryKind::Forfeit => forfeited += e.amount,
+            _ => {}
+        }
+        writes.entries.push(crate::db::NewEntry {
+            kind: entry_kind(e.kind).into(),
+            debit: account_name(&e.debit),
+            credit: account_name(&e.credit),
+            amount: e.amount,
+            service: e.service.map(|s| s.to_string()),
+            node,
+            memo: e.memo.clone(),
+        });
+    }
+    for (node, state) in &settlement.states {
+        writes
+            .pay_states
+            .push((node.clone(), serde_json::to_string(state)?));
+    }
+    let raised = settlement
+        .summary
+        .iter()
+        .filter(|s| s.level_after > s.level_before)
+        .count();
+    let offenders = settlement.summary.iter().filter(|s| s.offence).count();
+    writes.summary = serde_json::json!({
+        "period_from": period_from,
+        "period_to": period_to,
+        "tickets": tickets,
+        "pending_tickets": pending,
+        "claims": claims,
+        "deep_checked": deep,
+        "confirmed": confirmed,
+        "conflict": conflicts,
+        "suspected_collusion": suspected,
+        "by_kind": by_kind,
+        "confirmed_bytes": confirmed_bytes.to_string(),
+        "storage_nodes": storage_nodes,
+        "stored_byte_secs": stored_byte_secs.to_string(),
+        "lost_placements": writes.lost.len(),
+        "nodes_settled": settlement.states.len(),
+        "offenders": offenders,
+        "levels_raised": raised,
+        "paid": paid,
+        "fined": fined,
+        "forfeited": forfeited,
+        "ledger_entries": writes.entries.len(),
+        "revenue": revenue,
+    });
+    let run = db.write_run(&writes).await?;
+    let mut summary = writes.summary;
+    summary["run"] = run.into();
+    summary["millis"] = (started.elapsed().as_millis() as u64).into();
+    tracing::info!(
+        run,
+        claims,
+        conflicts,
+        suspected,
+        paid,
+        "reconciliation run written"
+    );
+    Ok(RunOutcome {
+        run,
+        summary,
+        lost: writes.lost,
+    })
+}
+
+/// Runs a reconciliation now (one at a time) and applies closed placements to the repair core.
+pub async fn run_now(coord: &Coordinator) -> anyhow::Result<RunOutcome> {
+    let _one = coord.reconciling.lock().await;
+    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+    let outcome = reconcile(
+        &coord.db,
+        &coord.accounting,
+        overlay::time::now_secs(),
+        &mut rng,
+    )
+    .await?;
+    if !outcome.lost.is_empty() {
+        let now = std::time::Instant::now();
+        let mut repair = coord.repair.lock().unwrap_or_else(|p| p.into_inner());
+        for (content, segment, index, node) in &outcome.lost {
+            let (Ok(content), Ok(node)) = (
+                content.parse::<overlay::ContentId>(),
+                node.parse::<PeerId>(),
+            ) else {
+                continue;
+            };
+            if repair.holder(&content, *segment, *index) == Some(node) {
+                repair.set_holder(&content, *segment, *index, None, now);
+            }
+        }
+        drop(repair);
+        coord.repair_wake.notify_one();
+    }
+    Ok(outcome)
+}
+
+/// Reconciles every `interval` until the coordinator stops.
+pub async fn reconcile_loop(coord: std::sync::Arc<Coordinator>, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = run_now(&coord).await {
+            tracing::error!(error = %e, "reconciliation run failed; the next one retries");
+        }
+    }
+}
+
+/// `node show`: a node's level, balances, audits and recent verdicts.
+pub async fn node_show(coord: &Coordinator, id: &str) -> anyhow::Result<serde_json::Value> {
+    use std::str::FromStr;
+    let peer = PeerId::from_str(id).map_err(|e| anyhow::anyhow!("`{id}` is not a node ID: {e}"))?;
+    if !coord.db.is_node(&peer).await? {
+        anyhow::bail!("no node {id} is registered");
+    }
+    let view = account_view(coord, &peer).await?;
+    let (audits_passed, audits_failed) = coord.db.audit_counts(id).await?;
+    let state = match coord.db.node_state(crate::db::StateTable::Pay, id).await? {
+        Some(s) => serde_json::from_str::<serde_json::Value>(&s)?,
+        None => serde_json::Value::Null,
+    };
+    let verdicts = coord.db.verdicts(Some(id), 100).await?;
+    let mut by_kind = std::collections::BTreeMap::<String, i64>::new();
+    for e in coord.db.ledger_of(id).await? {
+        *by_kind.entry(e.kind).or_default() += e.amount;
+    }
+    Ok(serde_json::json!({
+        "id": id,
+        "level": view.level,
+        "level_index": view.level_index,
+        "balance": view.balance,
+        "held": view.held,
+        "earned": view.earned,
+        "paid_out": view.paid_out,
+        "audits_passed": audits_passed,
+        "audits_failed": audits_failed,
+        "offences": state["offences"].as_array().map_or(0, |o| o.len()),
+        "level_since": state["level_since"],
+        "ledger": by_kind,
+        "reconciled_at": view.reconciled_at,
+        "last_report_seq": view.last_report_seq,
+        "verdicts": verdicts,
+    }))
+}
+
+/// `ledger`: every node's balances, and the CM's accounts.
+pub async fn ledger(coord: &Coordinator) -> anyhow::Result<serde_json::Value> {
+    let mut nodes = std::collections::BTreeMap::<String, (i64, i64)>::new();
+    let mut cm = serde_json::Map::new();
+    let mut total: i64 = 0;
+    for (account, balance) in coord.db.balances().await? {
+        total = total.saturating_add(balance);
+        if let Some(rest) = account.strip_prefix("node:") {
+            if let Some(node) = rest.strip_suffix(":available") {
+                nodes.entry(node.into()).or_default().0 = balance;
+            } else if let Some(node) = rest.strip_suffix(":held") {
+                nodes.entry(node.into()).or_default().1 = balance;
+            }
+        } else {
+            cm.insert(account, balance.into());
+        }
+    }
+    let nodes: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(
+            |(id, (balance, held))| serde_json::json!({"id": id, "balance": balance, "held": held}),
+        )
+        .collect();
+    Ok(serde_json::json!({ "nodes": nodes, "accounts": cm, "sum": total }))
+}
+
+/// `payout`: pays every positive available balance for `period` (once per period) and returns
+/// the statement rows.
+pub async fn payout(coord: &Coordinator, period: &str) -> anyhow::Result<serde_json::Value> {
+    let _one = coord.reconciling.lock().await;
+    let memo = format!("payout for period {period}");
+    if coord.db.has_payout(&memo).await? {
+        anyhow::bail!("payouts for period {period} were already recorded; a period is paid once");
+    }
+    let mut entries = Vec::new();
+    let mut rows = Vec::new();
+    for (account, balance) in coord.db.balances().await? {
+        let Some(node) = account
+            .strip_prefix("node:")
+            .and_then(|r| r.strip_suffix(":available"))
+        else {
+            continue;
+        };
+        let held = coord.db.balance(&accounts::held(node)).await?;
+        let node = node.to_string();
+        match crate::pay::payout(&node, balance, 1) {
+            Some(e) => {
+                entries.push(crate::db::NewEntry {
+                    kind: "payout".into(),
+                    debit: account_name(&e.debit),
+                    credit: account_name(&e.credit),
+                    amount: e.amount,
+                    service: None,
+                    node: Some(node.clone()),
+                    memo: memo.clone(),
+                });
+                rows.push(serde_json::json!({"node": node, "amount": e.amount, "balance_after": 0, "held": held}));
+            }
+            None => {
+                rows.push(serde_json::json!({"node": node, "amount": 0, "balance_after": balance, "held": held}))
+            }
+        }
+    }
+    coord
+        .db
+        .append_entries(overlay::time::now_secs(), &entries)
+        .await?;
+    Ok(serde_json::json!({ "period": period, "rows": rows }))
+}
+
+#[cfg(test)]
+mod tests;

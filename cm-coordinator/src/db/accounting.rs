@@ -1,0 +1,929 @@
+//! Accounting storage: node reports and the claims they carry, audits, verdicts and the
+//! append-only ledger. Reconciliation runs read and write through [`Db::begin`] in one
+//! transaction (see `crate::accounting`).
+
+use overlay::identity::encode;
+use overlay::report::{NodeReport, NodeReportBody};
+use overlay::{ContentId, PeerId};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Db, DbError};
+
+/// What ingesting a report did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// Counted: `new` claims changed, `duplicate` receipts were already known.
+    Accepted { new: u32, duplicate: u32 },
+    /// The sequence number was not above the last accepted one: nothing counted.
+    Stale { last_seq: u64 },
+}
+
+/// One ledger entry as stored: `amount` moves from `debit` to `credit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub run: Option<i64>,
+    pub at: i64,
+    pub kind: String,
+    pub debit: String,
+    pub credit: String,
+    pub amount: i64,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub memo: String,
+}
+
+/// A verdict as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerdictRow {
+    pub id: i64,
+    pub run: i64,
+    pub node: Option<String>,
+    pub client: Option<String>,
+    pub ticket: Option<String>,
+    pub outcome: String,
+    pub kind: String,
+    pub amount: String,
+    pub offence: bool,
+    pub evidence: serde_json::Value,
+    pub at: i64,
+}
+
+/// An audit outcome as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRow {
+    pub node: String,
+    pub content: String,
+    pub segment: i64,
+    pub index: i64,
+    pub outcome: String,
+    pub failed: bool,
+    pub offence: bool,
+    pub detail: String,
+    pub at: i64,
+}
+
+/// The ledger account names.
+pub mod accounts {
+    /// A node's earnings available for payout (negative: debt).
+    pub fn available(node: &str) -> String {
+        format!("node:{node}:available")
+    }
+    /// A node's earnings held back.
+    pub fn held(node: &str) -> String {
+        format!("node:{node}:held")
+    }
+    pub const WORK: &str = "cm:work";
+    pub const BONUSES: &str = "cm:bonuses";
+    pub const PENALTIES: &str = "cm:penalties";
+    pub const FORFEITS: &str = "cm:forfeits";
+    pub const PAYOUTS: &str = "cm:payouts";
+}
+
+fn online_secs(body: &NodeReportBody) -> u64 {
+    body.sessions
+        .iter()
+        .map(|&(s, e)| e.min(body.to).saturating_sub(s.max(body.from)))
+        .sum()
+}
+
+impl Db {
+    /// Ingests a node's report (its signature already checked): claims upserted per ticket
+    /// (a receipt not newer than the one kept counts as a duplicate), holdings replaced. One
+    /// transaction: a crash leaves either the whole report or none of it.
+    pub async fn ingest_report(&self, report: &NodeReport, now: u64) -> Result<Ingested, DbError> {
+        let body = &report.body;
+        let node = body.node.to_string();
+        let mut tx = self.pool.begin().await?;
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = ?")
+            .bind(&node)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        if let Some(last) = last
+            && body.seq <= last as u64
+        {
+            return Ok(Ingested::Stale {
+                last_seq: last as u64,
+            });
+        }
+        let digest = blake3::hash(&encode(body));
+        sqlx::query(
+            "INSERT INTO node_reports (node, seq, period_from, period_to, received_at, claims, held, upload_bps, online_secs, digest, signature)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&node)
+        .bind(body.seq as i64)
+        .bind(body.from as i64)
+        .bind(body.to as i64)
+        .bind(now as i64)
+        .bind(body.served.len() as i64)
+        .bind(body.held.as_ref().map(|_| body.held_count() as i64))
+        .bind(body.upload_bps.min(i64::MAX as u64) as i64)
+        .bind(online_secs(body) as i64)
+        .bind(digest.as_bytes().as_slice())
+        .bind(report.signature.to_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
+
+        let (mut new, mut duplicate) = (0u32, 0u32);
+        for claim in &body.served {
+            let ticket = hex::encode(claim.ticket_id);
+            // A receipt only backs the claim it travels with: same node, ticket and content.
+            let receipt = claim.receipt.as_ref().filter(|r| {
+                r.body.node == body.node
+                    && r.body.ticket_id == claim.ticket_id
+                    && r.body.content == claim.content
+            });
+            let kept: Option<(Option<i64>, i64, i64)> = sqlx::query(
+                "SELECT receipt_seq, bytes, fragments FROM served_claims WHERE ticket = ? AND node = ?",
+            )
+            .bind(&ticket)
+            .bind(&node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| (r.get(0), r.get(1), r.get(2)));
+            let receipt_is_new = match (&kept, receipt) {
+                (_, None) => false,
+                (Some((Some(seq), _, _)), Some(r)) => r.body.seq > *seq as u64,
+                (_, Some(_)) => true,
+            };
+            if receipt.is_some() && !receipt_is_new {
+                duplicate += 1;
+            }
+            let claim_changed = match &kept {
+                None => true,
+                Some((_, bytes, fragments)) => {
+                    claim.bytes as i64 != *bytes || claim.fragments as i64 != *fragments
+                }
+            };
+            if !receipt_is_new && !claim_changed {
+                continue;
+            }
+            new += 1;
+            let r = receipt.filter(|_| receipt_is_new);
+            sqlx::query(
+                "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at,
+                     receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig, dirty)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                 ON CONFLICT (ticket, node) DO UPDATE SET
+                     bytes = excluded.bytes, fragments = excluded.fragments,
+                     report_seq = excluded.report_seq, updated_at = excluded.updated_at, dirty = 1,
+                     receipt_signer = COALESCE(excluded.receipt_signer, receipt_signer),
+                     receipt_bytes = COALESCE(excluded.receipt_bytes, receipt_bytes),
+                     receipt_fragments = COALESCE(excluded.receipt_fragments, receipt_fragments),
+                     receipt_seq = COALESCE(excluded.receipt_seq, receipt_seq),
+                     receipt_time = COALESCE(excluded.receipt_time, receipt_time),
+                     receipt_sig = COALESCE(excluded.receipt_sig, receipt_sig)",
+            )
+            .bind(&ticket)
+            .bind(&node)
+            .bind(claim.content.to_string())
+            .bind(claim.bytes.min(i64::MAX as u64) as i64)
+            .bind(claim.fragments.min(i64::MAX as u64) as i64)
+            .bind(body.seq as i64)
+            .bind(now as i64)
+            .bind(now as i64)
+            .bind(r.map(|r| r.signer.to_string()))
+            .bind(r.map(|r| r.body.bytes.min(i64::MAX as u64) as i64))
+            .bind(r.map(|r| r.body.fragments.min(i64::MAX as u64) as i64))
+            .bind(r.map(|r| r.body.seq.min(i64::MAX as u64) as i64))
+            .bind(r.map(|r| r.body.time.min(i64::MAX as u64) as i64))
+            .bind(r.map(|r| r.signature.to_bytes().to_vec()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(held) = &body.held {
+            sqlx::query(
+                "INSERT INTO node_holdings (node, report_seq, at, fragments) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (node) DO UPDATE SET report_seq = excluded.report_seq, at = excluded.at, fragments = excluded.fragments",
+            )
+            .bind(&node)
+            .bind(body.seq as i64)
+            .bind(body.to.min(now) as i64)
+            .bind(encode(held))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ingested::Accepted { new, duplicate })
+    }
+
+    /// The newest report sequence number accepted from `node` (0: none).
+    pub async fn last_report_seq(&self, node: &PeerId) -> Result<u64, DbError> {
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = ?")
+            .bind(node.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    /// Records a sales record unless the ticket is already known; returns whether it was new.
+    pub async fn add_sale(&self, t: &super::TicketRow) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at, price, source)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&t.id)
+        .bind(&t.content)
+        .bind(&t.client)
+        .bind(&t.partner)
+        .bind(t.not_after)
+        .bind(t.allowance)
+        .bind(t.issued_at)
+        .bind(t.price)
+        .bind(t.source)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// End of the last reconciliation run's period (0: none yet).
+    pub async fn last_run_end(&self) -> Result<u64, DbError> {
+        let end: Option<i64> = sqlx::query("SELECT MAX(period_to) FROM recon_runs")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        Ok(end.unwrap_or(0) as u64)
+    }
+
+    /// Balance of every ledger account (credits in minus debits out).
+    pub async fn balances(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT account, SUM(amount) FROM (
+                 SELECT credit AS account, amount FROM ledger
+                 UNION ALL SELECT debit AS account, -amount FROM ledger
+             ) GROUP BY account ORDER BY account",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Balance of one account.
+    pub async fn balance(&self, account: &str) -> Result<i64, DbError> {
+        let row = sqlx::query(
+            "SELECT COALESCE((SELECT SUM(amount) FROM ledger WHERE credit = ?1), 0)
+                  - COALESCE((SELECT SUM(amount) FROM ledger WHERE debit = ?1), 0)",
+        )
+        .bind(account)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
+    }
+
+    /// Sum of a node's ledger entries of one kind.
+    pub async fn ledger_sum(&self, node: &str, kind: &str) -> Result<i64, DbError> {
+        let row =
+            sqlx::query("SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE node = ? AND kind = ?")
+                .bind(node)
+                .bind(kind)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.get(0))
+    }
+
+    /// A node's ledger entries, oldest first.
+    pub async fn ledger_of(&self, node: &str) -> Result<Vec<LedgerRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, run, at, kind, debit, credit, amount, service, node, memo FROM ledger WHERE node = ? ORDER BY id",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(ledger_row).collect())
+    }
+
+    /// Verdicts about a node (or every verdict, `None`), newest first, at most `limit`.
+    pub async fn verdicts(
+        &self,
+        node: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<VerdictRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, run, node, client, ticket, outcome, kind, amount, offence, evidence, at FROM verdicts
+             WHERE ?1 IS NULL OR node = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(node)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let evidence: String = r.get(9);
+                Ok(VerdictRow {
+                    id: r.get(0),
+                    run: r.get(1),
+                    node: r.get(2),
+                    client: r.get(3),
+                    ticket: r.get(4),
+                    outcome: r.get(5),
+                    kind: r.get(6),
+                    amount: r.get(7),
+                    offence: r.get::<i64, _>(8) != 0,
+                    evidence: serde_json::from_str(&evidence)
+                        .map_err(|e| DbError::Corrupt(format!("verdict evidence: {e}")))?,
+                    at: r.get(10),
+                })
+            })
+            .collect()
+    }
+
+    /// Records one audit outcome.
+    pub async fn add_audit(&self, a: &AuditRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO audits (node, content, segment, idx, outcome, failed, offence, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.node)
+        .bind(&a.content)
+        .bind(a.segment)
+        .bind(a.index)
+        .bind(&a.outcome)
+        .bind(a.failed as i64)
+        .bind(a.offence as i64)
+        .bind(&a.detail)
+        .bind(a.at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audits of a node: (passed, failed) in all.
+    pub async fn audit_counts(&self, node: &str) -> Result<(i64, i64), DbError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN outcome = 'pass' THEN 1 ELSE 0 END), 0), COALESCE(SUM(failed), 0) FROM audits WHERE node = ?",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Saved per-node state of a kind (`audit_states` or `pay_states`) as JSON text.
+    pub async fn node_state(
+        &self,
+        table: StateTable,
+        node: &str,
+    ) -> Result<Option<String>, DbError> {
+        let sql = format!("SELECT state FROM {} WHERE node = ?", table.name());
+        Ok(sqlx::query(&sql)
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Every saved state of a kind.
+    pub async fn node_states(&self, table: StateTable) -> Result<Vec<(String, String)>, DbError> {
+        let sql = format!("SELECT node, state FROM {}", table.name());
+        Ok(sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    /// Saves one node's state of a kind.
+    pub async fn save_node_state(
+        &self,
+        table: StateTable,
+        node: &str,
+        state: &str,
+    ) -> Result<(), DbError> {
+        let sql = format!(
+            "INSERT INTO {} (node, state) VALUES (?, ?) ON CONFLICT (node) DO UPDATE SET state = excluded.state",
+            table.name()
+        );
+        sqlx::query(&sql)
+            .bind(node)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A content's manifest bytes and partner, for accounting lookups.
+    pub async fn content_partner(&self, id: &ContentId) -> Result<Option<String>, DbError> {
+        Ok(sqlx::query("SELECT partner FROM contents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get(0)))
+    }
+}
+
+/// Per-node state tables.
+#[derive(Clone, Copy, Debug)]
+pub enum StateTable {
+    Audit,
+    Pay,
+}
+
+impl StateTable {
+    fn name(self) -> &'static str {
+        match self {
+            StateTable::Audit => "audit_states",
+            StateTable::Pay => "pay_states",
+        }
+    }
+}
+
+pub(crate) fn ledger_row(r: sqlx::sqlite::SqliteRow) -> LedgerRow {
+    LedgerRow {
+        id: r.get(0),
+        run: r.get(1),
+        at: r.get(2),
+        kind: r.get(3),
+        debit: r.get(4),
+        credit: r.get(5),
+        amount: r.get(6),
+        service: r.get(7),
+        node: r.get(8),
+        memo: r.get(9),
+    }
+}
+
+/// A served claim as read for reconciliation, with its sales record.
+#[derive(Clone, Debug)]
+pub struct ClaimRow {
+    pub rowid: i64,
+    pub ticket: String,
+    pub node: String,
+    pub content: String,
+    pub bytes: u64,
+    pub fragments: u64,
+    pub report_seq: u64,
+    pub first_seen: u64,
+    pub receipt: Option<ReceiptRow>,
+    pub paid_bytes: u64,
+    pub sale: Option<SaleRow>,
+}
+
+/// The receipt columns of a claim.
+#[derive(Clone, Debug)]
+pub struct ReceiptRow {
+    pub signer: String,
+    pub bytes: u64,
+    pub fragments: u64,
+    pub seq: u64,
+    pub time: u64,
+    pub signature: Vec<u8>,
+}
+
+/// A sales record as reconciliation needs it.
+#[derive(Clone, Debug)]
+pub struct SaleRow {
+    pub client: String,
+    pub allowance: u64,
+    pub not_after: u64,
+    pub source: String,
+}
+
+/// A placement as storage reconciliation needs it.
+#[derive(Clone, Debug)]
+pub struct PlacementRow {
+    pub content: String,
+    pub segment: u32,
+    pub index: u16,
+    pub placed_at: u64,
+    pub removed_at: Option<u64>,
+}
+
+/// What a reconciliation run writes, all in one transaction.
+#[derive(Debug, Default)]
+pub struct RunWrites {
+    pub started_at: u64,
+    pub period_from: u64,
+    pub period_to: u64,
+    pub summary: serde_json::Value,
+    /// `(rowid, paid_bytes, report_seq read)`: a claim updated since it was read stays dirty.
+    pub claims: Vec<(i64, u64, u64)>,
+    /// `(node, client, ticket, outcome, kind, amount, offence, evidence JSON)`.
+    pub verdicts: Vec<NewVerdict>,
+    pub entries: Vec<NewEntry>,
+    /// `(node, state JSON)`.
+    pub pay_states: Vec<(String, String)>,
+    /// Placements their holders no longer list: `(content, segment, index, node)`.
+    pub lost: Vec<(String, u32, u16, String)>,
+}
+
+/// A verdict to store.
+#[derive(Clone, Debug)]
+pub struct NewVerdict {
+    pub node: Option<String>,
+    pub client: Option<String>,
+    pub ticket: Option<String>,
+    pub outcome: String,
+    pub kind: String,
+    pub amount: u128,
+    pub offence: bool,
+    pub evidence: String,
+}
+
+/// A ledger entry to append.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub kind: String,
+    pub debit: String,
+    pub credit: String,
+    pub amount: i64,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub memo: String,
+}
+
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+impl Db {
+    /// Every claim under a ticket that has a claim changed since the last run, ticket by ticket,
+    /// with the ticket's sales record; `each` is called once per ticket.
+    pub async fn dirty_claims(&self, mut each: impl FnMut(Vec<ClaimRow>)) -> Result<(), DbError> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(
+            "SELECT c.rowid, c.ticket, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
+                    c.receipt_signer, c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, c.receipt_sig,
+                    c.paid_bytes, t.client, t.allowance, t.not_after, t.source
+             FROM served_claims c LEFT JOIN tickets t ON t.id = c.ticket
+             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1)
+             ORDER BY c.ticket",
+        )
+        .fetch(&self.pool);
+        let mut group: Vec<ClaimRow> = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            let ticket: String = r.get(1);
+            if group.first().is_some_and(|c| c.ticket != ticket) {
+                each(std::mem::take(&mut group));
+            }
+            let receipt = match (
+                r.get::<Option<String>, _>(8),
+                r.get::<Option<Vec<u8>>, _>(13),
+            ) {
+                (Some(signer), Some(signature)) => Some(ReceiptRow {
+                    signer,
+                    bytes: u(r.get::<Option<i64>, _>(9).unwrap_or(0)),
+                    fragments: u(r.get::<Option<i64>, _>(10).unwrap_or(0)),
+                    seq: u(r.get::<Option<i64>, _>(11).unwrap_or(0)),
+                    time: u(r.get::<Option<i64>, _>(12).unwrap_or(0)),
+                    signature,
+                }),
+                _ => None,
+            };
+            let sale = r.get::<Option<String>, _>(15).map(|client| SaleRow {
+                client,
+                allowance: u(r.get::<Option<i64>, _>(16).unwrap_or(0)),
+                not_after: u(r.get::<Option<i64>, _>(17).unwrap_or(0)),
+                source: r.get::<Option<String>, _>(18).unwrap_or_default(),
+            });
+            group.push(ClaimRow {
+                rowid: r.get(0),
+                ticket,
+                node: r.get(2),
+                content: r.get(3),
+                bytes: u(r.get(4)),
+                fragments: u(r.get(5)),
+                report_seq: u(r.get(6)),
+                first_seen: u(r.get(7)),
+                receipt,
+                paid_bytes: u(r.get(14)),
+                sale,
+            });
+        }
+        if !group.is_empty() {
+            each(group);
+        }
+        Ok(())
+    }
+
+    /// The newest completion report per ticket with a dirty claim: `(ticket, id, report, at)`.
+    pub async fn dirty_completions(&self) -> Result<Vec<(String, i64, Vec<u8>, u64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT ticket, id, report, at FROM completions
+             WHERE ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1)
+             ORDER BY ticket, at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), u(r.get(3))))
+            .collect())
+    }
+
+    /// Fragments ever placed per (content, node).
+    pub async fn assigned_counts(&self) -> Result<Vec<(String, String, u64)>, DbError> {
+        let rows =
+            sqlx::query("SELECT content, node, COUNT(*) FROM placements GROUP BY content, node")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), u(r.get(2))))
+            .collect())
+    }
+
+    /// Nodes whose holdings were listed at or after `since`.
+    pub async fn holdings_since(&self, since: u64) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT node FROM node_holdings WHERE at >= ? ORDER BY node")
+            .bind(since as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A node's latest holdings: `(report_seq, at, encoded list)`.
+    pub async fn holdings(&self, node: &str) -> Result<Option<(u64, u64, Vec<u8>)>, DbError> {
+        Ok(
+            sqlx::query("SELECT report_seq, at, fragments FROM node_holdings WHERE node = ?")
+                .bind(node)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| (u(r.get(0)), u(r.get(1)), r.get(2))),
+        )
+    }
+
+    /// A node's placements that were active at any time since `since`.
+    pub async fn node_placements(
+        &self,
+        node: &str,
+        since: u64,
+    ) -> Result<Vec<PlacementRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT content, segment, idx, placed_at, removed_at FROM placements
+             WHERE node = ? AND (removed_at IS NULL OR removed_at > ?)",
+        )
+        .bind(node)
+        .bind(since as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PlacementRow {
+                content: r.get(0),
+                segment: u(r.get(1)) as u32,
+                index: u(r.get(2)) as u16,
+                placed_at: u(r.get(3)),
+                removed_at: r.get::<Option<i64>, _>(4).map(u),
+            })
+            .collect())
+    }
+
+    /// Nodes with a failed audit in `[from, to)`: `(node, offence)`.
+    pub async fn failed_audits(&self, from: u64, to: u64) -> Result<Vec<(String, bool)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT node, MAX(offence) FROM audits WHERE failed = 1 AND at >= ? AND at < ? GROUP BY node",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get::<i64, _>(1) != 0))
+            .collect())
+    }
+
+    /// Audit outcomes since `since`: `(node, passed, at)`.
+    pub async fn audits_since(&self, since: u64) -> Result<Vec<(String, bool, u64)>, DbError> {
+        let rows = sqlx::query("SELECT node, failed, at FROM audits WHERE at >= ?")
+            .bind(since as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get::<i64, _>(1) == 0, u(r.get(2))))
+            .collect())
+    }
+
+    /// Passed audits per node, in total.
+    pub async fn audits_passed(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let rows =
+            sqlx::query("SELECT node, COUNT(*) FROM audits WHERE outcome = 'pass' GROUP BY node")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), u(r.get(1)))).collect())
+    }
+
+    /// Registered nodes: `(id, registered_at, upload_bps, observed_bps, addrs JSON)`.
+    pub async fn node_facts(&self) -> Result<Vec<(String, u64, u64, u64, String)>, DbError> {
+        let rows =
+            sqlx::query("SELECT id, registered_at, upload_bps, observed_bps, addrs FROM nodes")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), u(r.get(1)), u(r.get(2)), u(r.get(3)), r.get(4)))
+            .collect())
+    }
+
+    /// Per node: available and held balances, and hold/release/forfeit events `(at, kind,
+    /// amount)` in ledger order.
+    pub async fn node_ledger_summary(
+        &self,
+    ) -> Result<std::collections::HashMap<String, NodeLedger>, DbError> {
+        let mut out: std::collections::HashMap<String, NodeLedger> = Default::default();
+        for (account, balance) in self.balances().await? {
+            if let Some(rest) = account.strip_prefix("node:") {
+                if let Some(node) = rest.strip_suffix(":available") {
+                    out.entry(node.to_string()).or_default().available = balance;
+                } else if let Some(node) = rest.strip_suffix(":held") {
+                    out.entry(node.to_string()).or_default().held = balance;
+                }
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT node, at, kind, amount FROM ledger WHERE kind IN ('hold', 'release', 'forfeit') AND node IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let node: String = r.get(0);
+            out.entry(node)
+                .or_default()
+                .events
+                .push((u(r.get(1)), r.get(2), r.get(3)));
+        }
+        Ok(out)
+    }
+
+    /// Revenue of tickets sold in `[from, to)`, micro-credits.
+    pub async fn revenue(&self, from: u64, to: u64) -> Result<i64, DbError> {
+        Ok(sqlx::query(
+            "SELECT COALESCE(SUM(price), 0) FROM tickets WHERE issued_at >= ? AND issued_at < ? AND source != 'repair'",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0))
+    }
+
+    /// Writes a reconciliation run in one transaction; returns the run's ID.
+    pub async fn write_run(&self, w: &RunWrites) -> Result<i64, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let run: i64 = sqlx::query(
+            "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(w.started_at as i64)
+        .bind(w.period_from as i64)
+        .bind(w.period_to as i64)
+        .bind(w.summary.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS settled (rid INTEGER PRIMARY KEY, paid INTEGER NOT NULL, seq INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM settled").execute(&mut *tx).await?;
+        for chunk in w.claims.chunks(10_000) {
+            let mut q =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO settled (rid, paid, seq) ");
+            q.push_values(chunk, |mut b, (rid, paid, seq)| {
+                b.push_bind(*rid)
+                    .push_bind(*paid as i64)
+                    .push_bind(*seq as i64);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "UPDATE served_claims SET paid_bytes = s.paid,
+                 dirty = CASE WHEN served_claims.report_seq = s.seq THEN 0 ELSE 1 END
+             FROM settled s WHERE served_claims.rowid = s.rid",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM settled").execute(&mut *tx).await?;
+
+        for chunk in w.verdicts.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO verdicts (run, node, client, ticket, outcome, kind, amount, offence, evidence, at) ",
+            );
+            q.push_values(chunk, |mut b, v| {
+                b.push_bind(run)
+                    .push_bind(&v.node)
+                    .push_bind(&v.client)
+                    .push_bind(&v.ticket)
+                    .push_bind(&v.outcome)
+                    .push_bind(&v.kind)
+                    .push_bind(v.amount.to_string())
+                    .push_bind(v.offence as i64)
+                    .push_bind(&v.evidence)
+                    .push_bind(w.period_to as i64);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in w.entries.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(run)
+                    .push_bind(w.period_to as i64)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.debit)
+                    .push_bind(&e.credit)
+                    .push_bind(e.amount)
+                    .push_bind(&e.service)
+                    .push_bind(&e.node)
+                    .push_bind(&e.memo);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in w.pay_states.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO pay_states (node, state, updated_run) ",
+            );
+            q.push_values(chunk, |mut b, (node, state)| {
+                b.push_bind(node).push_bind(state).push_bind(run);
+            });
+            q.push(" ON CONFLICT (node) DO UPDATE SET state = excluded.state, updated_run = excluded.updated_run");
+            q.build().execute(&mut *tx).await?;
+        }
+        for (content, segment, index, node) in &w.lost {
+            sqlx::query(
+                "UPDATE placements SET removed_at = ? WHERE content = ? AND segment = ? AND idx = ? AND node = ? AND removed_at IS NULL",
+            )
+            .bind(w.period_to as i64)
+            .bind(content)
+            .bind(*segment as i64)
+            .bind(*index as i64)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// Appends ledger entries outside a reconciliation run (payouts), in one transaction.
+    pub async fn append_entries(&self, at: u64, entries: &[NewEntry]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in entries.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(None::<i64>)
+                    .push_bind(at as i64)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.debit)
+                    .push_bind(&e.credit)
+                    .push_bind(e.amount)
+                    .push_bind(&e.service)
+                    .push_bind(&e.node)
+                    .push_bind(&e.memo);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether payouts were already recorded with this memo.
+    pub async fn has_payout(&self, memo: &str) -> Result<bool, DbError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM ledger WHERE kind = 'payout' AND memo = ? LIMIT 1")
+                .bind(memo)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Reconciliation runs, newest first.
+    pub async fn runs(&self, limit: i64) -> Result<Vec<serde_json::Value>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, started_at, period_from, period_to, summary FROM recon_runs ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let summary: String = r.get(4);
+                serde_json::json!({
+                    "run": r.get::<i64, _>(0),
+                    "started_at": r.get::<i64, _>(1),
+                    "period_from": r.get::<i64, _>(2),
+                    "period_to": r.get::<i64, _>(3),
+                    "summary": serde_json::from_str::<serde_json::Value>(&summary).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// A node's ledger as the pay core needs it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLedger {
+    pub available: i64,
+    pub held: i64,
+    /// `(at, kind, amount)` of holds, releases and forfeits, in ledger order.
+    pub events: Vec<(u64, String, i64)>,
+}
