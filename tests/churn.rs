@@ -57,7 +57,8 @@ fn churn_soak_keeps_every_download_whole_and_restores_redundancy() {
 
     // Clients download over and over from another thread while nodes churn.
     let (key, client) = c.client("soaker");
-    let ticket = c.ticket(&content, &client, "1h");
+    // Many downloads under one ticket: room for all of them.
+    let ticket = c.ticket_with(&content, &client, "1h", &["--allowance", "100GiB"]);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let downloader = {

@@ -4,8 +4,9 @@
 //! This node and the pinned CM (QUIC authenticates the CM's peer ID, which is its root key).
 //!
 //! # Goals
-//! Register for a node certificate, join the active list, heartbeat, leave. Every exchange is
-//! bounded in time, so a stuck CM never stalls the node.
+//! Register for a node certificate, join the active list, heartbeat, leave, send signed
+//! periodic reports and read the node's account. Every exchange is bounded in time, so a stuck
+//! CM never stalls the node.
 //!
 //! # Non-goals
 //! Retrying: callers decide, using [`Backoff`].
@@ -16,12 +17,31 @@ use futures::AsyncWriteExt;
 use overlay::cert::Certificate;
 use overlay::net::{Net, NetError};
 use overlay::proto::{self, ControlRequest, ControlResponse, FrameError, MAX_SMALL_MSG};
+use overlay::report::{AccountView, NodeReport};
 use overlay::{Multiaddr, PeerId};
 
 /// Time allowed to reach the CM (one dial attempt; callers retry with back-off).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the CM to answer once the stream is open.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to send a report (a frame of up to [`MAX_REPORT_MSG`]) and for the CM to
+/// ingest it: it checks the signature of every receipt attached.
+///
+/// [`MAX_REPORT_MSG`]: overlay::report::MAX_REPORT_MSG
+const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the CM took a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Ingested: `new_receipts` advanced a ticket's totals, `duplicate_receipts` were known.
+    Accepted {
+        seq: u64,
+        new_receipts: u32,
+        duplicate_receipts: u32,
+    },
+    /// The sequence number was not above `last_seq`: nothing was counted.
+    Stale { last_seq: u64 },
+}
 
 /// Why a control exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +76,16 @@ impl Coordinator {
 
     /// Sends one request on a fresh stream and reads the answer.
     pub async fn request(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        self.exchange(request, ANSWER_TIMEOUT).await
+    }
+
+    /// One request and its answer, the whole exchange within `timeout`. Every answer is a small
+    /// frame, whatever the request's size.
+    async fn exchange(
+        &self,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse, ControlError> {
         let mut stream = self
             .net
             .open_with(self.cm, proto::CONTROL, 1, OPEN_TIMEOUT)
@@ -64,9 +94,9 @@ impl Coordinator {
             proto::write_msg(&mut stream, request).await?;
             proto::read_msg::<_, ControlResponse>(&mut stream, MAX_SMALL_MSG).await
         };
-        let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        let answer = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ControlError::Timeout(ANSWER_TIMEOUT))?;
+            .map_err(|_| ControlError::Timeout(timeout))?;
         let _ = stream.close().await;
         Ok(answer?)
     }
@@ -109,6 +139,33 @@ impl Coordinator {
             .request(&ControlRequest::Heartbeat { used, upload_bps })
             .await?;
         expect_ok("heartbeat", answer)
+    }
+
+    /// Sends a signed report (its frame must stay within
+    /// [`MAX_REPORT_MSG`](overlay::report::MAX_REPORT_MSG)).
+    pub async fn report(&self, report: &NodeReport) -> Result<ReportOutcome, ControlError> {
+        let request = ControlRequest::Report(report.clone());
+        match self.exchange(&request, REPORT_TIMEOUT).await? {
+            ControlResponse::ReportAccepted {
+                seq,
+                new_receipts,
+                duplicate_receipts,
+            } => Ok(ReportOutcome::Accepted {
+                seq,
+                new_receipts,
+                duplicate_receipts,
+            }),
+            ControlResponse::StaleReport { last_seq } => Ok(ReportOutcome::Stale { last_seq }),
+            other => Err(unexpected("report", other)),
+        }
+    }
+
+    /// Asks for the node's account as the CM sees it.
+    pub async fn account(&self) -> Result<AccountView, ControlError> {
+        match self.request(&ControlRequest::Account).await? {
+            ControlResponse::Account(view) => Ok(view),
+            other => Err(unexpected("account", other)),
+        }
     }
 
     /// Tells the CM the node is going offline.

@@ -6,6 +6,9 @@
 //! DIR/node.cert      the node certificate issued by the CM (JSON)
 //! DIR/node.addr      this node's address while it is joined (the readiness signal)
 //! DIR/receipts.jsonl accepted client receipts, one JSON object per line
+//! DIR/report-state.json  the next report's sequence number and what was already reported
+//! DIR/status.json    the node's own view for its owner, kept by `ccds-node run`
+//! DIR/run.lock       held by the running daemon
 //! DIR/fragments/     the fragment store
 //! ```
 //!
@@ -70,6 +73,16 @@ impl DataDir {
     /// The append-only log of accepted receipts.
     pub fn receipts(&self) -> PathBuf {
         self.root.join("receipts.jsonl")
+    }
+
+    /// The periodic reports' state (see [`crate::report::ReportState`]).
+    pub fn report_state(&self) -> PathBuf {
+        self.root.join("report-state.json")
+    }
+
+    /// The node's status for its owner (see [`crate::status::NodeStatus`]).
+    pub fn status(&self) -> PathBuf {
+        self.root.join("status.json")
     }
 
     /// The fragment store's root.

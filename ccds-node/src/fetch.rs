@@ -9,9 +9,14 @@
 //!   peer. Otherwise the client gets the reason and not one fragment byte.
 //! * A fragment found corrupt on disk is never served: the client is told to go elsewhere.
 //! * After the bytes, the client's receipt is checked and kept as evidence of the work.
+//! * A client whose receipts lag more than the credit behind the bytes it received is refused
+//!   until they catch up, and no ticket gets more bytes from this node than its allowance
+//!   (see [`crate::credit`]). After a lag refusal the client may send its newest receipt on
+//!   the same stream, and then fetch again.
 //!
 //! # Non-goals
-//! Enforcing receipts or the ticket's byte allowance (a later accounting step); revocation.
+//! Revocation; the allowance across nodes (each node only knows what it served itself; the CM
+//! reconciles the total).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +29,7 @@ use overlay::ticket::TicketBody;
 use overlay::time::now_secs;
 use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
+use crate::credit;
 use crate::receipts::{self, Recorded};
 use crate::serve::{Context, Stats, StreamError, within};
 
@@ -112,9 +118,24 @@ async fn exchange(
     };
     // The store only ever accepts fragments up to MAX_FRAGMENT, far below u32::MAX.
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let admitted = ctx
+        .credit()
+        .admit(ticket.ticket_id, ticket.allowance, u64::from(len));
+    if let Err(refusal) = admitted {
+        Stats::bump(match refusal {
+            credit::Refusal::Allowance { .. } => &ctx.stats.allowance_refused,
+            credit::Refusal::ReceiptsLag { .. } => &ctx.stats.receipts_lag_refused,
+        });
+        warn!(reason = %refusal, "fetch refused");
+        proto::write_msg(stream, &FetchResponse::Refused(refusal.to_string())).await?;
+        if matches!(refusal, credit::Refusal::ReceiptsLag { .. }) {
+            catch_up(ctx, &ticket, stream).await;
+        }
+        return Ok(());
+    }
     // The delivery is timed up to the receipt: see `crate::upload` for why.
     let started = Instant::now();
-    within(ctx.limits.transfer_timeout, "fragment delivery", async {
+    let delivered = within(ctx.limits.transfer_timeout, "fragment delivery", async {
         proto::write_msg(stream, &FetchResponse::Ok { len }).await?;
         for chunk in data[..len as usize].chunks(CHUNK) {
             stream.write_all(chunk).await?;
@@ -122,7 +143,12 @@ async fn exchange(
         stream.flush().await?;
         Ok::<_, StreamError>(())
     })
-    .await?;
+    .await;
+    if delivered.is_err() {
+        // The client did not get the fragment: it owes no receipt for it.
+        ctx.credit().undo(ticket.ticket_id, u64::from(len));
+    }
+    delivered?;
     Stats::bump(&ctx.stats.served);
     info!(bytes = len, "fragment served");
 
@@ -151,6 +177,22 @@ async fn exchange(
     Ok(())
 }
 
+/// After a receipts-lag refusal the client may still send its newest receipt on the same
+/// stream, as it would after bytes: receipts travel only on fetch streams, so without this a
+/// client whose receipts were lost could never catch up. Most clients just close the stream.
+async fn catch_up(ctx: &Arc<Context>, ticket: &TicketBody, stream: &mut libp2p::Stream) {
+    let receipt = within(
+        ctx.limits.receipt_timeout,
+        "catch-up receipt",
+        proto::read_msg::<_, FetchReceipt>(stream, MAX_SMALL_MSG),
+    )
+    .await;
+    match receipt {
+        Ok(receipt) => keep_receipt(ctx, ticket, receipt).await,
+        Err(e) => debug!(error = %e, "no catch-up receipt"),
+    }
+}
+
 async fn keep_receipt(ctx: &Arc<Context>, ticket: &TicketBody, receipt: FetchReceipt) {
     if let Err(e) = receipts::check(&receipt, ticket, &ctx.me) {
         Stats::bump(&ctx.stats.receipts_invalid);
@@ -160,9 +202,10 @@ async fn keep_receipt(ctx: &Arc<Context>, ticket: &TicketBody, receipt: FetchRec
     let (seq, bytes) = (receipt.body.seq, receipt.body.bytes);
     let book = ctx.clone();
     match tokio::task::spawn_blocking(move || book.receipts.record(receipt)).await {
-        Ok(Ok(Recorded::New)) => {
+        Ok(Ok(Recorded::New { covered })) => {
             Stats::bump(&ctx.stats.receipts_accepted);
-            debug!(seq, bytes, "receipt kept");
+            ctx.credit().receipted(ticket.ticket_id, covered);
+            debug!(seq, bytes, covered, "receipt kept");
         }
         Ok(Ok(Recorded::Stale)) => debug!(seq, "receipt superseded by a newer one"),
         Ok(Ok(Recorded::Regressed)) => {

@@ -9,24 +9,36 @@
 //!   concurrency, counters. It runs on its own (no CM needed), which is how tests drive it.
 //! * [`store`]: the `/ccds/store/1` handler: CM-signed store and delete orders.
 //! * [`fetch`]: the `/ccds/fetch/1` handler: ticket check, fragment bytes, receipt.
+//! * [`audit`]: the `/ccds/audit/1` handler: proofs of stored fragment ranges, for the CM only.
 //! * [`receipts`]: client receipts: checks, the latest per ticket, the append-only log.
+//! * [`credit`]: receipt credit: refuses clients whose receipts lag, and tickets whose
+//!   allowance this node has served.
 //! * [`upload`]: the upload rate measured while serving fetches, reported to the CM.
 //! * [`host`]: facts about the host (boot time) reported to the CM.
-//! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave).
-//! * [`daemon`]: `ccds-node run`: a [`Server`] plus the control session with the CM, until
-//!   shutdown.
+//! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave,
+//!   reports, account).
+//! * [`report`]: periodic signed reports of the work claimed (receipts), the fragments held and
+//!   the online sessions, and their state in `DIR/report-state.json`.
+//! * [`status`](mod@status): the node's own view for its owner (`DIR/status.json`,
+//!   `ccds-node status`).
+//! * [`daemon`]: `ccds-node run`: a [`Server`] plus the control session with the CM
+//!   (heartbeats, reports, status), until shutdown.
 //!
 //! Trust: the CM's peer ID, pinned at `init`, is the only root. Store and delete orders must
 //! be signed by it, whoever delivers them; tickets must chain to it through a partner
 //! certificate and name the stream's authenticated peer as their client.
 
+pub mod audit;
 pub mod control;
+pub mod credit;
 pub mod daemon;
 pub mod datadir;
 pub mod fetch;
 pub mod host;
 pub mod receipts;
+pub mod report;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod upload;
 
@@ -40,6 +52,7 @@ use overlay::{Multiaddr, PeerId};
 pub use daemon::{RunOptions, run, shutdown_signal};
 pub use datadir::{DEFAULT_QUOTA, DataDir, InitOptions, NodeConfig, init};
 pub use serve::{Limits, ServeOptions, Server, StatsSnapshot};
+pub use status::{NodeStatus, StatusView, status};
 
 /// Errors that stop `ccds-node init` or `ccds-node run`.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +81,10 @@ pub enum NodeError {
     ZeroQuota,
     #[error("the heartbeat interval must be greater than zero")]
     ZeroHeartbeat,
+    #[error("the report interval must be greater than zero")]
+    ZeroReportInterval,
+    #[error("{path} is not a valid node status file: {reason}; `ccds-node run` rewrites it")]
+    BadStatus { path: String, reason: String },
     #[error("{path} is not a valid node config: {reason}; re-run `ccds-node init` to rewrite it")]
     BadConfig { path: String, reason: String },
     #[error("cannot read {path}: {source}")]

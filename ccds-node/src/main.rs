@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use ccds_node::daemon::DEFAULT_LISTEN;
-use ccds_node::{InitOptions, RunOptions};
+use ccds_node::{DataDir, InitOptions, RunOptions};
 use clap::{Parser, Subcommand};
 use overlay::Multiaddr;
 
@@ -44,6 +44,19 @@ enum Command {
         /// Time between heartbeats to the coordinator, e.g. "30s" or "2m".
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         heartbeat_interval: Duration,
+        /// Time between signed work reports to the coordinator, e.g. "24h" or "10s" (one more
+        /// is sent at shutdown).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        report_interval: Duration,
+    },
+    /// Show the node's own view: online, pay level, balance, earnings, last report.
+    Status {
+        /// The node's data directory, as given to `init`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print one JSON object (amounts in micro-credits) instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -77,17 +90,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             heartbeat_interval,
+            report_interval,
         } => {
             let shutdown = ccds_node::shutdown_signal()?;
             ccds_node::run(
                 RunOptions {
                     listen,
                     heartbeat_interval,
+                    report_interval,
                     ..RunOptions::new(data_dir)
                 },
                 shutdown,
             )
             .await?;
+        }
+        Command::Status { data_dir, json } => {
+            let view = ccds_node::status(&DataDir::new(data_dir))?;
+            if json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                print!("{view}");
+            }
         }
     }
     Ok(())

@@ -2,9 +2,9 @@
 //!
 //! After each fetch the client signs a cumulative receipt for this node and ticket. The node
 //! checks it against the ticket it served ([`check`]), keeps the newest one per ticket in a
-//! bounded map, and appends every newer receipt to `DIR/receipts.jsonl`, from which later
-//! accounting reports work to the CM. Receipts are not enforced yet: a missing or invalid one
-//! is counted and logged, and the fragment has already been served.
+//! bounded map, and appends every newer receipt to `DIR/receipts.jsonl`, from which the node's
+//! periodic reports claim its work (see [`crate::report`]). What each new receipt covers feeds
+//! the receipt credit ([`crate::credit`]), which stops serving a client whose receipts lag.
 
 use std::fs::File;
 use std::io::Write;
@@ -63,8 +63,9 @@ pub fn check<'a>(
 /// What [`ReceiptBook::record`] did with a checked receipt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
-    /// Newer than any kept for its ticket: kept and logged.
-    New,
+    /// Newer than any kept for its ticket: kept and logged. `covered` is how much its byte
+    /// total grew over the receipt kept before (its whole total when none was kept).
+    New { covered: u64 },
     /// Not newer (same or lower `seq`): ignored, the newer one stays.
     Stale,
     /// Newer `seq` but lower totals than the kept one: receipts are cumulative, so it is
@@ -105,6 +106,7 @@ impl ReceiptBook {
     pub fn record(&self, receipt: Receipt) -> std::io::Result<Recorded> {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         let body = &receipt.body;
+        let mut covered = body.bytes;
         if let Some(kept) = latest.get(&body.ticket_id) {
             if body.seq <= kept.body.seq {
                 return Ok(Recorded::Stale);
@@ -112,6 +114,7 @@ impl ReceiptBook {
             if body.bytes < kept.body.bytes || body.fragments < kept.body.fragments {
                 return Ok(Recorded::Regressed);
             }
+            covered = body.bytes - kept.body.bytes;
         }
         let mut line = serde_json::to_vec(&receipt).expect("receipts always serialise");
         line.push(b'\n');
@@ -120,7 +123,7 @@ impl ReceiptBook {
             .unwrap_or_else(|p| p.into_inner())
             .write_all(&line)?;
         latest.put(body.ticket_id, receipt);
-        Ok(Recorded::New)
+        Ok(Recorded::New { covered })
     }
 
     /// The newest receipt kept for a ticket.
@@ -213,14 +216,14 @@ mod tests {
         let t = ticket(&client);
         assert_eq!(
             book.record(receipt(&client, &t, node, 1, 100)).unwrap(),
-            Recorded::New
+            Recorded::New { covered: 100 }
         );
         assert_eq!(
-            book.record(receipt(&client, &t, node, 2, 200)).unwrap(),
-            Recorded::New
+            book.record(receipt(&client, &t, node, 2, 250)).unwrap(),
+            Recorded::New { covered: 150 }
         );
         assert_eq!(
-            book.record(receipt(&client, &t, node, 2, 200)).unwrap(),
+            book.record(receipt(&client, &t, node, 2, 250)).unwrap(),
             Recorded::Stale
         );
         assert_eq!(
@@ -238,7 +241,7 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1].body.bytes, 200);
+        assert_eq!(lines[1].body.bytes, 250);
         assert!(lines[1].verify_by(&client.peer_id()).is_ok());
     }
 }

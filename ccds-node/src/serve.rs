@@ -1,4 +1,5 @@
-//! The serving side of a node: accept loops for `/ccds/store/1` and `/ccds/fetch/1`.
+//! The serving side of a node: accept loops for `/ccds/store/1` and `/ccds/fetch/1`, and for
+//! the CM's `/ccds/probe/1` and `/ccds/audit/1`.
 //!
 //! Each protocol has its own bound on concurrent streams, so a crowd of clients can never
 //! starve the CM's store orders; a stream arriving when its protocol is at the bound is
@@ -7,8 +8,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,9 +23,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::NodeError;
+use crate::credit::{CreditBook, TicketCount};
 use crate::receipts::ReceiptBook;
 use crate::upload::UploadRate;
-use crate::{fetch, store};
+use crate::{audit, fetch, store};
+
+/// Bytes a client may run ahead of its receipts unless told otherwise: 32 MiB.
+pub const DEFAULT_RECEIPT_CREDIT: u64 = 32 << 20;
 
 /// Bounds on what peers can make the node do at once, and how long they may take.
 #[derive(Clone, Debug)]
@@ -41,8 +46,11 @@ pub struct Limits {
     pub transfer_timeout: Duration,
     /// Time for a client to send its receipt after the bytes.
     pub receipt_timeout: Duration,
-    /// Tickets whose newest receipt is kept in memory.
+    /// Tickets whose newest receipt, and whose served and unreceipted bytes, are kept in memory.
     pub receipt_tickets: usize,
+    /// Bytes a client may receive beyond what its receipts cover before it is refused (a
+    /// single larger fragment is still served when nothing is outstanding).
+    pub receipt_credit: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +63,7 @@ impl Default for Limits {
             transfer_timeout: Duration::from_secs(300),
             receipt_timeout: Duration::from_secs(10),
             receipt_tickets: 100_000,
+            receipt_credit: DEFAULT_RECEIPT_CREDIT,
         }
     }
 }
@@ -88,6 +97,10 @@ pub(crate) struct Stats {
     pub receipts_accepted: AtomicU64,
     pub receipts_missing: AtomicU64,
     pub receipts_invalid: AtomicU64,
+    pub receipts_lag_refused: AtomicU64,
+    pub allowance_refused: AtomicU64,
+    pub audits_answered: AtomicU64,
+    pub audits_refused: AtomicU64,
     pub streams_dropped: AtomicU64,
 }
 
@@ -120,6 +133,14 @@ pub struct StatsSnapshot {
     pub receipts_missing: u64,
     /// Receipts refused (forged, misdirected, or regressing).
     pub receipts_invalid: u64,
+    /// Fetches refused because the client's receipts lagged beyond the credit.
+    pub receipts_lag_refused: u64,
+    /// Fetches refused because this node had served the ticket's whole allowance.
+    pub allowance_refused: u64,
+    /// CM audits answered: a proof, or the truth that the fragment is missing or was corrupt.
+    pub audits_answered: u64,
+    /// Audits refused (not asked by the pinned CM, a malformed range, an unreadable copy).
+    pub audits_refused: u64,
     /// Streams dropped because their protocol was at its concurrency bound.
     pub streams_dropped: u64,
 }
@@ -130,12 +151,21 @@ pub(crate) struct Context {
     pub cm: PeerId,
     pub store: Arc<FragmentStore>,
     pub receipts: ReceiptBook,
+    /// Served and unreceipted bytes per ticket.
+    pub credit: Mutex<CreditBook>,
     pub stats: Stats,
     /// Upload rate measured over fetches served.
     pub upload: UploadRate,
     pub limits: Limits,
     /// Permits are bytes of incoming fragment data.
     pub store_memory: Semaphore,
+}
+
+impl Context {
+    /// The receipt credit book (held only for a few arithmetic steps).
+    pub fn credit(&self) -> MutexGuard<'_, CreditBook> {
+        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Aborts the accept loops when the server goes away.
@@ -175,11 +205,16 @@ impl Server {
         let store_incoming = net.accept(proto::STORE)?;
         let fetch_incoming = net.accept(proto::FETCH)?;
         let probe_incoming = net.accept(proto::PROBE)?;
+        let audit_incoming = net.accept(proto::AUDIT)?;
         let ctx = Arc::new(Context {
             me: options.identity.peer_id(),
             cm: options.cm,
             store: options.store,
             receipts,
+            credit: Mutex::new(CreditBook::new(
+                limits.receipt_tickets,
+                limits.receipt_credit,
+            )),
             stats: Stats::default(),
             upload: UploadRate::new(),
             store_memory: Semaphore::new(limits.store_memory.max(MAX_FRAGMENT)),
@@ -208,6 +243,13 @@ impl Server {
                 Arc::new(Semaphore::new(PROBE_STREAMS)),
                 ctx.clone(),
                 answer_probe,
+            )),
+            tokio::spawn(accept_loop(
+                "audit",
+                audit_incoming,
+                Arc::new(Semaphore::new(AUDIT_STREAMS)),
+                ctx.clone(),
+                audit::serve,
             )),
         ]);
         Ok(Self {
@@ -250,6 +292,11 @@ impl Server {
         self.ctx.receipts.latest(ticket_id)
     }
 
+    /// Bytes served under a ticket, and how many of them no receipt covers yet.
+    pub fn ticket_count(&self, ticket_id: &[u8; 16]) -> TicketCount {
+        self.ctx.credit().count(ticket_id)
+    }
+
     /// The node's counters now.
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.ctx.stats;
@@ -265,6 +312,10 @@ impl Server {
             receipts_accepted: get(&s.receipts_accepted),
             receipts_missing: get(&s.receipts_missing),
             receipts_invalid: get(&s.receipts_invalid),
+            receipts_lag_refused: get(&s.receipts_lag_refused),
+            allowance_refused: get(&s.allowance_refused),
+            audits_answered: get(&s.audits_answered),
+            audits_refused: get(&s.audits_refused),
             streams_dropped: get(&s.streams_dropped),
         }
     }
@@ -296,6 +347,10 @@ impl Server {
 
 /// Concurrent liveness probes answered; more are dropped (the CM retries).
 const PROBE_STREAMS: usize = 16;
+
+/// Concurrent CM audits answered; more are dropped (the CM re-checks a timed-out audit). Each
+/// holds one fragment and its hash tree in memory while it is proven.
+const AUDIT_STREAMS: usize = 8;
 
 async fn answer_probe(ctx: Arc<Context>, peer: PeerId, mut stream: libp2p::Stream) {
     let answered = within(ctx.limits.header_timeout, "probe nonce", async {

@@ -137,3 +137,98 @@ async fn sigterm_leaves_the_collective_and_exits_zero() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn status_shows_the_node_offline_before_it_ever_ran_and_refuses_other_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let dir = dir.to_str().unwrap();
+    let cm = Identity::generate().peer_id();
+    let coordinator = format!("/ip4/127.0.0.1/udp/4000/quic-v1/p2p/{cm}");
+    let out = node(&["init", "--data-dir", dir, "--coordinator", &coordinator]);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let out = node(&["status", "--data-dir", dir]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&id), "{text}");
+    assert!(text.contains("online        no"), "{text}");
+    assert!(text.contains("balance       0.000000 cr"), "{text}");
+
+    let out = node(&["status", "--data-dir", dir, "--json"]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let object = json.as_object().unwrap();
+    let mut keys: Vec<&str> = object.keys().map(|k| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "balance",
+            "earned",
+            "held",
+            "id",
+            "last_report_at",
+            "last_report_seq",
+            "level",
+            "level_index",
+            "online",
+            "paid_out",
+            "reconciled_at"
+        ]
+    );
+    assert_eq!(json["id"], id.as_str());
+    assert_eq!(json["online"], false);
+    assert_eq!(json["balance"], 0);
+
+    let missing = tmp.path().join("missing");
+    let out = node(&["status", "--data-dir", missing.to_str().unwrap()]);
+    assert!(one_error_line(&out).contains("ccds-node init"));
+
+    let out = node(&["run", "--data-dir", dir, "--report-interval", "0s"]);
+    assert!(one_error_line(&out).contains("report interval"));
+}
+
+#[tokio::test]
+async fn status_of_a_killed_daemon_is_offline() -> anyhow::Result<()> {
+    let cm = Identity::generate();
+    let (cm_net, _requests) = scripted_cm(cm.clone()).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("node");
+    let dir_arg = dir.to_str().unwrap();
+    let coordinator = with_peer(&cm_net.listen_addrs()[0], cm.peer_id()).to_string();
+    assert!(
+        node(&["init", "--data-dir", dir_arg, "--coordinator", &coordinator])
+            .status
+            .success()
+    );
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--data-dir", dir_arg, "--heartbeat-interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for_file(&dir.join("node.addr"), true).await?;
+    wait_for_file(&dir.join("status.json"), true).await?;
+    let status = || -> anyhow::Result<serde_json::Value> {
+        let out = node(&["status", "--data-dir", dir_arg, "--json"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    assert_eq!(status()?["online"], true);
+
+    child.start_kill()?;
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .context("the node did not die")??;
+    // The daemon never wrote `online: false`, but it is gone.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("status.json"))?)?;
+    assert_eq!(written["online"], true);
+    assert_eq!(status()?["online"], false);
+    Ok(())
+}

@@ -67,8 +67,10 @@ impl AccountingConfig {
 pub struct AccountingTimers {
     /// Reconcile this often (`None`: only on demand).
     pub reconcile_interval: Option<Duration>,
-    /// Mean time between two audits of one node (`None`: no audits).
-    pub audit_interval: Option<Duration>,
+    /// Whether nodes are audited at all.
+    pub audits: bool,
+    /// Audit scheduling: mean interval per node, containment re-checks, score half-life.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// A node's account as shown to the node itself.
@@ -609,11 +611,9 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     .copied()
                     .unwrap_or(0)
                     .min(u64::from(u32::MAX)) as u32,
-                audit_score: if pass_w + fail_w > 0.0 {
-                    pass_w / (pass_w + fail_w)
-                } else {
-                    1.0
-                },
+                // As the audit core scores: one imaginary pass keeps a new node at 1.0 and lets
+                // old failures fade.
+                audit_score: (pass_w + 1.0) / (pass_w + fail_w + 1.0),
                 lost_storage: failed_audits.contains_key(node),
             },
             offences: Offences {
@@ -769,7 +769,11 @@ pub async fn node_show(coord: &Coordinator, id: &str) -> anyhow::Result<serde_js
         anyhow::bail!("no node {id} is registered");
     }
     let view = account_view(coord, &peer).await?;
-    let (audits_passed, audits_failed) = coord.db.audit_counts(id).await?;
+    let (audits_passed, audits_failed, audits_contained) = coord.db.audit_counts(id).await?;
+    let mut pay_last_run = serde_json::json!({"served": 0, "stored": 0, "repair": 0});
+    for (service, amount) in coord.db.last_run_accruals(id).await? {
+        pay_last_run[service] = amount.into();
+    }
     let state = match coord.db.node_state(crate::db::StateTable::Pay, id).await? {
         Some(s) => serde_json::from_str::<serde_json::Value>(&s)?,
         None => serde_json::Value::Null,
@@ -789,6 +793,8 @@ pub async fn node_show(coord: &Coordinator, id: &str) -> anyhow::Result<serde_js
         "paid_out": view.paid_out,
         "audits_passed": audits_passed,
         "audits_failed": audits_failed,
+        "audits_contained": audits_contained,
+        "pay_last_run": pay_last_run,
         "offences": state["offences"].as_array().map_or(0, |o| o.len()),
         "level_since": state["level_since"],
         "ledger": by_kind,

@@ -9,7 +9,7 @@ use overlay::audit::{random_range, verify};
 use overlay::net::Net;
 use overlay::proto::{self, AuditRequest, AuditResponse, FrameError};
 use overlay::store::FragmentId;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use crate::audit::Outcome;
 
@@ -88,6 +88,160 @@ enum AskError {
     Net(#[from] overlay::net::NetError),
     #[error("{0}")]
     Frame(#[from] FrameError),
+}
+
+/// Runs the coordinator's audits until it stops: asks the scheduling core which nodes are due,
+/// audits a random fragment each is paid to store (or the one under containment), records the
+/// outcome, and closes placements whose fragment is gone.
+pub async fn driver(coord: std::sync::Arc<crate::server::Coordinator>, timeout: Duration) {
+    use crate::audit::Verdict;
+    /// Audits started per wake-up; the rest wait for the next one.
+    const BATCH: usize = 32;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCH));
+    loop {
+        let now = overlay::time::now_secs();
+        let tasks = coord.auditor.lock().unwrap_or_else(|p| p.into_inner()).due(
+            now,
+            BATCH,
+            &mut rand::rng(),
+        );
+        for task in tasks {
+            if !coord.registry.is_online(&task.node) {
+                continue;
+            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let coord = coord.clone();
+            tokio::spawn(async move {
+                let node = task.node;
+                let fragment = match task.recheck {
+                    Some(f) => Some(f),
+                    None => match coord.db.random_placement(&node).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            error!(error = %e, "cannot pick a fragment to audit");
+                            None
+                        }
+                    },
+                };
+                let Some(fragment) = fragment else {
+                    return; // nothing stored there yet
+                };
+                let Ok(meta) = coord.content_meta(&fragment.content).await else {
+                    return;
+                };
+                let Some(root) = meta
+                    .manifest
+                    .hash(u64::from(fragment.segment), fragment.index as usize)
+                    .copied()
+                else {
+                    return;
+                };
+                let size = meta.manifest.fragment_len(u64::from(fragment.segment)) as u64;
+                let outcome = audit_fragment(&coord.net, node, fragment, root, size, timeout).await;
+                let now = overlay::time::now_secs();
+                let verdict = coord
+                    .auditor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .outcome(&node, fragment, outcome, now);
+                // A fragment the node no longer lists is an admitted loss; only one it still
+                // claims to store and cannot prove is an offence.
+                let verdict = match verdict {
+                    Verdict::Failed {
+                        fragment,
+                        reason: reason @ crate::audit::Failure::NotFound,
+                        ..
+                    } => Verdict::Failed {
+                        fragment,
+                        reason,
+                        offence: coord
+                            .db
+                            .claims_fragment(&node, &fragment)
+                            .await
+                            .unwrap_or(true),
+                    },
+                    other => other,
+                };
+                let (label, failed, offence, lost) = match verdict {
+                    Verdict::Passed => ("pass", false, false, false),
+                    Verdict::Contained { attempt, .. } => {
+                        info!(%node, %fragment, attempt, "audit timed out; re-checking before it counts");
+                        ("timeout", false, false, false)
+                    }
+                    Verdict::Failed {
+                        reason, offence, ..
+                    } => {
+                        warn!(%node, %fragment, ?reason, offence, "audit failed");
+                        (failure_label(reason), true, offence, reason.fragment_lost())
+                    }
+                    Verdict::Ignored => return,
+                };
+                let row = crate::db::AuditRow {
+                    node: node.to_string(),
+                    content: fragment.content.to_string(),
+                    segment: i64::from(fragment.segment),
+                    index: i64::from(fragment.index),
+                    outcome: label.into(),
+                    failed,
+                    offence,
+                    detail: format!("{outcome:?}"),
+                    at: now as i64,
+                };
+                if let Err(e) = coord.db.add_audit(&row).await {
+                    error!(error = %e, "cannot record an audit");
+                }
+                if lost {
+                    if let Err(e) = coord
+                        .db
+                        .remove_placement(
+                            &fragment.content,
+                            fragment.segment,
+                            fragment.index,
+                            &node,
+                            now,
+                        )
+                        .await
+                    {
+                        error!(error = %e, "cannot close the placement of a lost fragment");
+                    }
+                    let mut repair = coord.repair();
+                    if repair.holder(&fragment.content, fragment.segment, fragment.index)
+                        == Some(node)
+                    {
+                        repair.set_holder(
+                            &fragment.content,
+                            fragment.segment,
+                            fragment.index,
+                            None,
+                            std::time::Instant::now(),
+                        );
+                    }
+                    drop(repair);
+                    coord.repair_wake.notify_one();
+                }
+                drop(permit);
+            });
+        }
+        let wait = {
+            let auditor = coord.auditor.lock().unwrap_or_else(|p| p.into_inner());
+            auditor
+                .next_due()
+                .map_or(1, |due| due.saturating_sub(overlay::time::now_secs()))
+        };
+        tokio::time::sleep(Duration::from_secs(wait.clamp(1, 60))).await;
+    }
+}
+
+fn failure_label(reason: crate::audit::Failure) -> &'static str {
+    use crate::audit::Failure::*;
+    match reason {
+        BadProof => "bad_proof",
+        NotFound => "not_found",
+        Corrupt => "corrupt",
+        Unresponsive => "unresponsive",
+    }
 }
 
 #[cfg(test)]

@@ -590,10 +590,11 @@ impl Db {
     }
 
     /// Demand per content at `now`: tickets issued since `since` plus live partner hints.
+    /// (The coordinator's own repair tickets are not demand: counting them would feed back.)
     pub async fn demand(&self, since: u64, now: u64) -> Result<Vec<(ContentId, u64)>, DbError> {
         let rows = sqlx::query(
             "SELECT content, SUM(n) FROM (
-                 SELECT content, COUNT(*) AS n FROM tickets WHERE issued_at >= ? GROUP BY content
+                 SELECT content, COUNT(*) AS n FROM tickets WHERE issued_at >= ? AND source != 'repair' GROUP BY content
                  UNION ALL
                  SELECT content, MAX(level) AS n FROM demand_hints WHERE until > ? GROUP BY content
              ) GROUP BY content",
@@ -828,5 +829,26 @@ mod tests {
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].fragments, 1);
         assert_eq!(nodes[0].quota, 1000);
+
+        // Demand counts tickets sold, never the coordinator's own repair tickets.
+        for (i, source) in ["issued", "repair", "repair", "uploaded"]
+            .into_iter()
+            .enumerate()
+        {
+            db.add_ticket(&TicketRow {
+                id: format!("{i:032x}"),
+                content: content.id.to_string(),
+                client: node.to_string(),
+                partner: "p".into(),
+                not_after: 100,
+                allowance: 10,
+                issued_at: 50,
+                price: 0,
+                source,
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(db.demand(0, 60).await.unwrap(), vec![(content.id, 2)]);
     }
 }

@@ -299,13 +299,13 @@ struct RunSettings {
     /// Demand units per extra parity fragment placed for a content [default: 10].
     #[arg(long)]
     demand_per_fragment: Option<u64>,
-    /// Reconcile node claims and settle pay this often; `reconcile` runs one at any time
-    /// [default: 1d].
+    /// Reconcile node claims and settle pay this often (0s: only on demand); `reconcile` runs
+    /// one at any time [default: 1d].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     reconcile_interval: Option<Duration>,
     /// Mean time between two unannounced storage audits of one node (exponentially
-    /// distributed, so never predictable) [default: 6h].
+    /// distributed, so never predictable; 0s: no audits) [default: 6h].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     audit_interval: Option<Duration>,
@@ -380,6 +380,12 @@ impl RunSettings {
                 .unwrap_or(defaults.ticket_price_per_gb),
         };
         accounting.validate()?;
+        let audit_interval = Some(
+            self.audit_interval
+                .or(file.audit_interval)
+                .unwrap_or(Duration::from_secs(6 * 3600)),
+        )
+        .filter(|d| !d.is_zero());
         let timers = cm_coordinator::accounting::AccountingTimers {
             reconcile_interval: Some(
                 self.reconcile_interval
@@ -387,12 +393,15 @@ impl RunSettings {
                     .unwrap_or(Duration::from_secs(24 * 3600)),
             )
             .filter(|d| !d.is_zero()),
-            audit_interval: Some(
-                self.audit_interval
-                    .or(file.audit_interval)
-                    .unwrap_or(Duration::from_secs(6 * 3600)),
-            )
-            .filter(|d| !d.is_zero()),
+            audits: audit_interval.is_some(),
+            audit: cm_coordinator::audit::AuditConfig {
+                mean_interval: audit_interval.unwrap_or(Duration::from_secs(6 * 3600)),
+                // Re-check a timed-out audit well within the audit interval.
+                retry_after: audit_interval.map_or(Duration::from_secs(60), |i| {
+                    (i / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+                }),
+                ..Default::default()
+            },
         };
         Ok(RunConfig {
             accounting,

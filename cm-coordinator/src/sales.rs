@@ -106,7 +106,8 @@ pub async fn sign_ticket(
         content,
         client,
         not_after: now + order.expires_secs,
-        allowance: order.allowance.unwrap_or(encoded * 2),
+        // At least a mebibyte, so even an empty content's ticket allows the request.
+        allowance: order.allowance.unwrap_or((encoded * 2).max(1 << 20)),
     };
     let price = match order.price {
         Some(p) => i64::try_from(p).map_err(|_| anyhow::anyhow!("price {p} µcr is too large"))?,

@@ -94,6 +94,8 @@ pub struct Coordinator {
     pub accounting: crate::accounting::AccountingConfig,
     /// Held by a reconciliation run or payout: one at a time.
     pub reconciling: tokio::sync::Mutex<()>,
+    /// When each node is audited next, containment of timed-out audits, audit scores.
+    pub auditor: std::sync::Mutex<crate::audit::Auditor>,
 }
 
 /// Memory for node reports being read at once: four of the largest.
@@ -145,6 +147,7 @@ pub async fn run(
         report_memory: Semaphore::new(REPORT_MEMORY),
         accounting: config.accounting.clone(),
         reconciling: tokio::sync::Mutex::new(()),
+        auditor: std::sync::Mutex::new(crate::audit::Auditor::new(config.timers.audit.clone())),
     });
     crate::rebuild::load(&coord).await?;
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
@@ -155,6 +158,12 @@ pub async fn run(
         coord.clone(),
         config.rebuild.clone(),
     ));
+    if config.timers.audits {
+        tokio::spawn(crate::auditor::driver(
+            coord.clone(),
+            config.probe_timeout.max(Duration::from_secs(5)),
+        ));
+    }
     if let Some(interval) = config.timers.reconcile_interval {
         tokio::spawn(crate::accounting::reconcile_loop(coord.clone(), interval));
     }
@@ -296,6 +305,11 @@ async fn control(
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(peer, Subnet::of(peer, &addrs));
             coord.repair().online(peer, Instant::now());
+            coord
+                .auditor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_node(peer, now_secs(), &mut rand::rng());
             coord.registry.join(OnlineNode {
                 id: peer,
                 addrs,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod adversary;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +71,8 @@ pub struct Collective {
     pub cm: Child,
     pub cm_addr: String,
     pub nodes: Vec<Node>,
+    /// Extra arguments for every `ccds-node run`.
+    pub node_args: Vec<String>,
 }
 
 fn spawn_logged(name: &str, args: &[&str], log: &Path) -> Child {
@@ -98,6 +102,11 @@ impl Collective {
 
     /// Starts one node per loopback address in `ips`.
     pub fn start_on(ips: &[String], cm_args: &[&str]) -> Self {
+        Self::start_full(ips, cm_args, &[])
+    }
+
+    /// Like [`Collective::start_on`], with extra arguments for every `ccds-node run`.
+    pub fn start_full(ips: &[String], cm_args: &[&str], node_args: &[&str]) -> Self {
         let n = ips.len();
         let tmp = tempfile::tempdir().unwrap();
         let cm_dir = tmp.path().join("cm");
@@ -124,6 +133,7 @@ impl Collective {
             cm,
             cm_addr,
             nodes: Vec::new(),
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
         };
         for (i, ip) in ips.iter().enumerate() {
             collective.add_node(i, ip);
@@ -178,6 +188,7 @@ impl Collective {
                 "--listen",
                 &format!("/ip4/{}/udp/0/quic-v1", node.ip),
             ])
+            .args(&self.node_args)
             .env("RUST_LOG", "info,libp2p=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -310,6 +321,17 @@ impl Collective {
 
     /// Issues a ticket for `client` to `content`; returns the ticket file path.
     pub fn ticket(&self, content: &str, client: &str, expires: &str) -> PathBuf {
+        self.ticket_with(content, client, expires, &[])
+    }
+
+    /// Like [`Collective::ticket`], with extra `ticket` arguments (e.g. `--allowance 10GiB`).
+    pub fn ticket_with(
+        &self,
+        content: &str,
+        client: &str,
+        expires: &str,
+        extra: &[&str],
+    ) -> PathBuf {
         let out = self.path(&format!(
             "{}-{}.ticket",
             &content[..8],
@@ -331,7 +353,10 @@ impl Collective {
                 expires,
                 "--out",
                 out.to_str().unwrap(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         out
     }
@@ -455,6 +480,66 @@ impl Collective {
         )
     }
 
+    /// `cm-coordinator reconcile --json`: runs a reconciliation now.
+    pub fn reconcile(&self) -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            "cm-coordinator",
+            &["reconcile", "--data-dir", self.cm(), "--json"],
+        ))
+        .unwrap()
+    }
+
+    /// `cm-coordinator node show ID --json` for node `i`.
+    pub fn node_show(&self, i: usize) -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            "cm-coordinator",
+            &[
+                "node",
+                "show",
+                &self.nodes[i].id,
+                "--data-dir",
+                self.cm(),
+                "--json",
+            ],
+        ))
+        .unwrap()
+    }
+
+    /// Node `i`'s balance plus held earnings, micro-credits.
+    pub fn earnings(&self, i: usize) -> i64 {
+        let show = self.node_show(i);
+        show["balance"].as_i64().unwrap() + show["held"].as_i64().unwrap()
+    }
+
+    /// `ccds-node status --json` for node `i`.
+    pub fn node_status(&self, i: usize) -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            "ccds-node",
+            &[
+                "status",
+                "--data-dir",
+                self.nodes[i].dir.to_str().unwrap(),
+                "--json",
+            ],
+        ))
+        .unwrap()
+    }
+
+    /// Waits until node `i` has had a report accepted that was sent at or after `since` (Unix
+    /// seconds).
+    pub fn wait_reported(&self, i: usize, since: u64) {
+        wait_for(
+            "a node report to be accepted",
+            Duration::from_secs(30),
+            || self.node_status(i)["last_report_at"].as_u64() >= Some(since),
+        );
+    }
+
+    /// The key file of node `i`.
+    pub fn node_key(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("node.key")
+    }
+
     /// The coordinator's peer ID.
     pub fn cm_id(&self) -> &str {
         self.cm_addr.rsplit('/').next().unwrap()
@@ -498,4 +583,12 @@ pub fn file_hash(path: &Path) -> blake3::Hash {
     let mut file = std::fs::File::open(path).unwrap();
     std::io::copy(&mut file, &mut hasher).unwrap();
     hasher.finalize()
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

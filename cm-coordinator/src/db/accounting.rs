@@ -240,6 +240,27 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// A fragment drawn at random from those `node` is paid to store now.
+    pub async fn random_placement(
+        &self,
+        node: &PeerId,
+    ) -> Result<Option<overlay::store::FragmentId>, DbError> {
+        let row = sqlx::query(
+            "SELECT content, segment, idx FROM placements WHERE node = ? AND removed_at IS NULL ORDER BY RANDOM() LIMIT 1",
+        )
+        .bind(node.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(overlay::store::FragmentId {
+                content: super::parse_content(&r.get::<String, _>(0))?,
+                segment: r.get::<i64, _>(1) as u32,
+                index: r.get::<i64, _>(2) as u16,
+            })
+        })
+        .transpose()
+    }
+
     /// End of the last reconciliation run's period (0: none yet).
     pub async fn last_run_end(&self) -> Result<u64, DbError> {
         let end: Option<i64> = sqlx::query("SELECT MAX(period_to) FROM recon_runs")
@@ -350,15 +371,50 @@ impl Db {
         Ok(())
     }
 
-    /// Audits of a node: (passed, failed) in all.
-    pub async fn audit_counts(&self, node: &str) -> Result<(i64, i64), DbError> {
+    /// Audits of a node in all: (passed, failed, timed out and re-checked).
+    pub async fn audit_counts(&self, node: &str) -> Result<(i64, i64, i64), DbError> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN outcome = 'pass' THEN 1 ELSE 0 END), 0), COALESCE(SUM(failed), 0) FROM audits WHERE node = ?",
+            "SELECT COALESCE(SUM(CASE WHEN outcome = 'pass' THEN 1 ELSE 0 END), 0), COALESCE(SUM(failed), 0),
+                    COALESCE(SUM(CASE WHEN outcome = 'timeout' THEN 1 ELSE 0 END), 0)
+             FROM audits WHERE node = ?",
         )
         .bind(node)
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.get(0), row.get(1)))
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// A node's accruals per service in the newest reconciliation run.
+    pub async fn last_run_accruals(&self, node: &str) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT service, SUM(amount) FROM ledger
+             WHERE node = ? AND kind = 'accrual' AND run = (SELECT MAX(id) FROM recon_runs)
+             GROUP BY service",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<Option<String>, _>(0).unwrap_or_default(), r.get(1)))
+            .collect())
+    }
+
+    /// Whether `node`'s latest holdings list `fragment`: whether it claims to store it.
+    pub async fn claims_fragment(
+        &self,
+        node: &PeerId,
+        fragment: &overlay::store::FragmentId,
+    ) -> Result<bool, DbError> {
+        let Some((_, _, blob)) = self.holdings(&node.to_string()).await? else {
+            return Ok(false);
+        };
+        let held: Vec<overlay::report::HeldContent> = postcard::from_bytes(&blob)
+            .map_err(|e| DbError::Corrupt(format!("holdings of {node}: {e}")))?;
+        Ok(held.iter().any(|h| {
+            h.content == fragment.content
+                && h.fragments.contains(&(fragment.segment, fragment.index))
+        }))
     }
 
     /// Saved per-node state of a kind (`audit_states` or `pay_states`) as JSON text.
@@ -687,12 +743,14 @@ impl Db {
             .collect())
     }
 
-    /// Audit outcomes since `since`: `(node, passed, at)`.
+    /// Audit outcomes since `since` (timeouts under containment excluded): `(node, passed, at)`.
     pub async fn audits_since(&self, since: u64) -> Result<Vec<(String, bool, u64)>, DbError> {
-        let rows = sqlx::query("SELECT node, failed, at FROM audits WHERE at >= ?")
-            .bind(since as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT node, failed, at FROM audits WHERE at >= ? AND outcome != 'timeout'",
+        )
+        .bind(since as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), r.get::<i64, _>(1) == 0, u(r.get(2))))

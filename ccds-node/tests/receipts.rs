@@ -1,0 +1,285 @@
+//! Receipt enforcement over real QUIC on loopback: a client that takes fragments without
+//! signing receipts is cut off after the credit, one that signs them is served throughout, and
+//! no ticket gets more from the node than its allowance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ccds_node::{Limits, ServeOptions, Server};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use overlay::cert::{self, Certificate, Role};
+use overlay::codec::fragment_hash;
+use overlay::net::Net;
+use overlay::proto::{self, FetchRequest, FetchResponse, MAX_SMALL_MSG};
+use overlay::receipt::{Receipt, ReceiptBody};
+use overlay::store::{FragmentId, FragmentStore};
+use overlay::ticket::{Ticket, TicketBody};
+use overlay::time::now_secs;
+use overlay::{ContentId, Identity, Multiaddr, PeerId, Signed};
+
+const FRAGMENT: usize = 100_000;
+const FRAGMENTS: u16 = 8;
+const CREDIT: u64 = 250_000;
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()
+}
+
+fn fragment(index: u16) -> FragmentId {
+    FragmentId {
+        content: ContentId([0x5e; 32]),
+        segment: 0,
+        index,
+    }
+}
+
+/// A node holding `FRAGMENTS` fragments of `FRAGMENT` bytes, with a credit of `CREDIT` bytes,
+/// and a partner that sells tickets for it.
+struct Fixture {
+    partner: Identity,
+    partner_cert: Certificate,
+    node: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> anyhow::Result<Self> {
+        let cm = Identity::generate();
+        let dir = tempfile::tempdir()?;
+        let store = FragmentStore::open(&dir.path().join("fragments"), 1 << 30, 1 << 20)?;
+        for index in 0..FRAGMENTS {
+            let data = vec![index as u8; FRAGMENT];
+            store.put(&fragment(index), &fragment_hash(&data), &data)?;
+        }
+        let node = Server::start(ServeOptions {
+            identity: Identity::generate(),
+            cm: cm.peer_id(),
+            store: Arc::new(store),
+            receipts_log: dir.path().join("receipts.jsonl"),
+            listen: vec![loopback()],
+            limits: Limits {
+                receipt_credit: CREDIT,
+                ..Limits::default()
+            },
+        })
+        .await?;
+        let partner = Identity::generate();
+        let partner_cert = cert::issue(&cm, partner.peer_id(), Role::Partner, 7, now_secs(), 3600);
+        Ok(Self {
+            partner,
+            partner_cert,
+            node,
+            _dir: dir,
+        })
+    }
+
+    /// A client with its own ticket (`allowance` bytes) and network endpoint.
+    async fn client(&self, ticket_id: u8, allowance: u64) -> anyhow::Result<Client> {
+        let identity = Identity::generate();
+        let net = Net::start(&identity, &[loopback()]).await?;
+        net.add_addresses(self.node.peer_id(), vec![self.node.addr()]);
+        let ticket = Ticket::issue(
+            &self.partner,
+            self.partner_cert.clone(),
+            TicketBody {
+                ticket_id: [ticket_id; 16],
+                content: fragment(0).content,
+                client: identity.peer_id(),
+                not_after: now_secs() + 600,
+                allowance,
+            },
+        );
+        Ok(Client {
+            identity,
+            net,
+            ticket,
+            node: self.node.peer_id(),
+            fragments: 0,
+            bytes: 0,
+            seq: 0,
+        })
+    }
+}
+
+/// A client keeping cumulative receipt totals for the one node.
+struct Client {
+    identity: Identity,
+    net: Net,
+    ticket: Ticket,
+    node: PeerId,
+    fragments: u64,
+    bytes: u64,
+    seq: u64,
+}
+
+impl Client {
+    /// The next cumulative receipt, after `bytes` more arrived.
+    fn receipt(&mut self, bytes: u64) -> Receipt {
+        self.fragments += 1;
+        self.bytes += bytes;
+        self.seq += 1;
+        Signed::sign(
+            &self.identity,
+            ReceiptBody {
+                ticket_id: self.ticket.body().ticket_id,
+                content: self.ticket.body().content,
+                node: self.node,
+                fragments: self.fragments,
+                bytes: self.bytes,
+                seq: self.seq,
+                time: now_secs(),
+            },
+        )
+    }
+
+    /// Fetches fragment `index`, signing a receipt for its bytes if `sign`; returns the answer.
+    /// After a refusal, `catch_up` (if any) is sent on the same stream.
+    async fn fetch(
+        &mut self,
+        index: u16,
+        sign: bool,
+        catch_up: Option<&Receipt>,
+    ) -> anyhow::Result<FetchResponse> {
+        let mut stream = self.net.open(self.node, proto::FETCH).await?;
+        let request = FetchRequest {
+            ticket: self.ticket.clone(),
+            content: self.ticket.body().content,
+            segment: 0,
+            index,
+        };
+        proto::write_msg(&mut stream, &request).await?;
+        let response: FetchResponse = proto::read_msg(&mut stream, MAX_SMALL_MSG).await?;
+        match &response {
+            FetchResponse::Ok { len } => {
+                let data = proto::read_bytes(&mut stream, *len as usize).await?;
+                assert_eq!(data, vec![index as u8; FRAGMENT]);
+                if sign {
+                    let receipt = self.receipt(data.len() as u64);
+                    proto::write_msg(&mut stream, &receipt).await?;
+                }
+            }
+            _ => {
+                if let Some(receipt) = catch_up {
+                    proto::write_msg(&mut stream, receipt).await?;
+                }
+            }
+        }
+        stream.close().await?;
+        // The node closes its side once it is done with the stream (receipt included).
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+            .await
+            .context("the node did not close the fetch stream")??;
+        Ok(response)
+    }
+}
+
+fn refused_with(response: &FetchResponse, starting: &str) -> anyhow::Result<String> {
+    match response {
+        FetchResponse::Refused(reason) if reason.starts_with(starting) => Ok(reason.clone()),
+        other => bail!("expected a refusal starting with {starting:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_receipts_is_cut_off_after_the_credit() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let mut freeloader = f.client(1, 1 << 30).await?;
+    let ticket_id = [1; 16];
+    let ok = FetchResponse::Ok {
+        len: FRAGMENT as u32,
+    };
+
+    // 100 kB, then 200 kB outstanding: both within the 250 kB credit.
+    assert_eq!(freeloader.fetch(0, false, None).await?, ok);
+    assert_eq!(freeloader.fetch(1, false, None).await?, ok);
+    // A third would make 300 kB.
+    let answer = freeloader.fetch(2, false, None).await?;
+    let reason = refused_with(&answer, "receipts lag")?;
+    assert_eq!(
+        reason,
+        format!(
+            "receipts lag: {} bytes delivered without a receipt (credit {CREDIT}); send receipts to continue",
+            2 * FRAGMENT
+        )
+    );
+    // Every fragment, however often asked for.
+    for index in 0..FRAGMENTS {
+        let answer = freeloader.fetch(index, false, None).await?;
+        refused_with(&answer, "receipts lag")?;
+    }
+    let stats = f.node.stats();
+    assert_eq!(stats.served, 2);
+    assert_eq!(stats.receipts_lag_refused, 1 + u64::from(FRAGMENTS));
+    assert_eq!(stats.allowance_refused, 0);
+    let count = f.node.ticket_count(&ticket_id);
+    assert_eq!((count.served, count.outstanding), (200_000, 200_000));
+
+    // Sending its receipt after a refusal brings it back.
+    let catch_up = freeloader.receipt(200_000);
+    let answer = freeloader.fetch(2, false, Some(&catch_up)).await?;
+    refused_with(&answer, "receipts lag")?;
+    assert_eq!(f.node.ticket_count(&ticket_id).outstanding, 0);
+    assert_eq!(f.node.latest_receipt(&ticket_id), Some(catch_up));
+    assert_eq!(freeloader.fetch(2, true, None).await?, ok);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_signs_receipts_is_served_throughout() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let mut honest = f.client(2, 1 << 30).await?;
+    let rounds = 3;
+    for _ in 0..rounds {
+        for index in 0..FRAGMENTS {
+            let answer = honest.fetch(index, true, None).await?;
+            assert_eq!(
+                answer,
+                FetchResponse::Ok {
+                    len: FRAGMENT as u32
+                }
+            );
+        }
+    }
+    let total = u64::from(FRAGMENTS) * rounds * FRAGMENT as u64;
+    assert!(total > 5 * CREDIT, "the test must go well past the credit");
+    // The node's receipt arrives after the client closes; wait for it to be kept.
+    let ticket_id = [2; 16];
+    for _ in 0..100 {
+        if f.node.ticket_count(&ticket_id).outstanding == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = f.node.ticket_count(&ticket_id);
+    assert_eq!((count.served, count.outstanding), (total, 0));
+    let stats = f.node.stats();
+    assert_eq!(stats.served, u64::from(FRAGMENTS) * rounds);
+    assert_eq!(stats.receipts_accepted, u64::from(FRAGMENTS) * rounds);
+    assert_eq!(
+        (stats.receipts_lag_refused, stats.allowance_refused),
+        (0, 0)
+    );
+    assert_eq!(f.node.latest_receipt(&ticket_id).unwrap().body.bytes, total);
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_ticket_gets_more_than_its_allowance_from_a_node() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let allowance = 2 * FRAGMENT as u64 + 1;
+    let mut buyer = f.client(3, allowance).await?;
+    for index in 0..2 {
+        let answer = buyer.fetch(index, true, None).await?;
+        assert!(matches!(answer, FetchResponse::Ok { .. }), "{answer:?}");
+    }
+    let answer = buyer.fetch(2, true, None).await?;
+    let reason = refused_with(&answer, "ticket allowance exhausted")?;
+    assert!(reason.contains(&format!("{allowance}")), "{reason}");
+    let stats = f.node.stats();
+    assert_eq!((stats.served, stats.allowance_refused), (2, 1));
+    assert_eq!(stats.receipts_lag_refused, 0);
+    assert_eq!(f.node.ticket_count(&[3; 16]).served, 2 * FRAGMENT as u64);
+    Ok(())
+}
