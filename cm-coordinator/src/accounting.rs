@@ -256,7 +256,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
             },
         );
     }
-    let mut assigned: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    let mut assigned: HashMap<String, HashMap<String, u64>> = HashMap::new();
     for (content, node, count) in db.assigned_counts().await? {
         assigned.entry(content).or_default().insert(node, count);
     }
@@ -354,6 +354,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
             return;
         }
         let meta = contents.get(&first.content);
+        let content_assigned = assigned.get(&first.content);
         let case = TicketCase {
             ticket,
             content: first.content.clone(),
@@ -383,10 +384,14 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     paid_bytes: c.paid_bytes,
                     first_seen: c.first_seen,
                     report_seq: c.report_seq,
+                    assigned: content_assigned
+                        .and_then(|a| a.get(c.node.as_str()))
+                        .copied()
+                        .unwrap_or(0),
                 })
                 .collect(),
             completion: completions.get(&first.ticket).cloned(),
-            assigned: assigned.get(&first.content).cloned().unwrap_or_default(),
+            assigned_total: content_assigned.map_or(0, |a| a.values().sum()),
             fragment_size: meta.map_or(0, |m| m.largest_fragment),
             k: meta.map_or(0, |m| m.manifest.k() as u32),
             n: meta.map_or(0, |m| m.manifest.target() as u32),

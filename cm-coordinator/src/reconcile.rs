@@ -137,6 +137,8 @@ pub struct ServedClaim<P> {
     pub first_seen: u64,
     /// The report that carried the claim's current totals.
     pub report_seq: u64,
+    /// Fragments of the content the node was ever assigned.
+    pub assigned: u64,
 }
 
 /// The client's completion report: bytes it says each node delivered, and when it said so.
@@ -156,8 +158,9 @@ pub struct TicketCase<P> {
     /// Every claim under the ticket, new or already settled.
     pub claims: Vec<ServedClaim<P>>,
     pub completion: Option<Completion<P>>,
-    /// Fragments of the content each node was assigned (at any time).
-    pub assigned: BTreeMap<P, u64>,
+    /// Fragments of the content assigned to all nodes, ever (the denominator of a node's fair
+    /// share of the ticket's bytes).
+    pub assigned_total: u64,
     /// Bytes of one fragment of the content (the largest, for bounds).
     pub fragment_size: u64,
     /// Data and total fragments per segment (`k`, `k + m`).
@@ -437,7 +440,7 @@ where
             }
         }
         if ok > 0 && service == ServiceKind::Served {
-            let assigned = case.assigned.get(&claim.node).copied().unwrap_or(0);
+            let assigned = claim.assigned;
             let bound =
                 (assigned as f64 * case.fragment_size as f64 * config.refetch_factor) as u64;
             if ok > bound {
@@ -492,7 +495,7 @@ where
     // Concentration: a node's share of the ticket's bytes against its share of the fragments.
     let mut suspected = vec![false; case.claims.len()];
     let total: u128 = supported.iter().map(|&b| u128::from(b)).sum();
-    let assigned_total: u64 = case.assigned.values().sum();
+    let assigned_total = case.assigned_total;
     if service == ServiceKind::Served
         && total >= u128::from(config.collusion_min_bytes)
         && assigned_total > 0
@@ -501,7 +504,7 @@ where
         let honest_max = f64::from(case.n.max(case.k)) / f64::from(case.k);
         let threshold = config.collusion_ratio.max(honest_max);
         for (i, claim) in case.claims.iter().enumerate() {
-            let assigned = case.assigned.get(&claim.node).copied().unwrap_or(0);
+            let assigned = claim.assigned;
             if supported[i] == 0 || assigned == 0 {
                 continue;
             }
@@ -692,6 +695,7 @@ mod tests {
             paid_bytes: 0,
             first_seen: 1_000,
             report_seq: 3,
+            assigned: if node < 12 { 16 } else { 0 },
         }
     }
 
@@ -708,7 +712,7 @@ mod tests {
             }),
             claims,
             completion: None,
-            assigned: (0..12).map(|n| (n, 16)).collect(),
+            assigned_total: 12 * 16,
             fragment_size: MIB,
             k: 8,
             n: 12,
@@ -899,7 +903,8 @@ mod tests {
 
         let mut c = case(vec![claim(0, 20 * MIB, Some(20 * MIB))]);
         c.sale.as_mut().unwrap().allowance = 8 * MIB;
-        c.assigned.insert(0, 100);
+        c.claims[0].assigned = 100;
+        c.assigned_total += 100 - 16;
         let r = run(&c);
         assert!(kinds(&r).contains(&VerdictKind::BeyondAllowance));
         assert_eq!(r.claims[0].confirmed, 8 * MIB);
@@ -929,13 +934,12 @@ mod tests {
 
     #[test]
     fn concentration_on_one_node_is_suspected_collusion_and_unpaid() {
-        // The client credits node 3 with everything: 100 MiB from a node holding 16 fragments
-        // of 192 (but within its fragments' bound when refetch is generous).
-        let mut c = case(vec![
+        // The client credits node 3 with nearly everything: 30 MiB from a node holding 16
+        // fragments of 192 (within what its fragments explain, twice over).
+        let c = case(vec![
             claim(3, 30 * MIB, Some(30 * MIB)),
             claim(4, MIB, Some(MIB)),
         ]);
-        c.assigned.insert(3, 16);
         let r = run(&c);
         assert_eq!(kinds(&r), vec![VerdictKind::Concentration]);
         assert_eq!(r.verdicts[0].outcome, Outcome::SuspectedCollusion);
