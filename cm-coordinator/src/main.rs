@@ -906,6 +906,26 @@ mod tests {
         assert_eq!(config.repair.threshold, Some(2), "the file fills the rest");
         assert_eq!(config.rebuild.demand_per_fragment, 10);
         assert_eq!(config.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            config.accounting,
+            cm_coordinator::accounting::AccountingConfig::default(),
+            "the example documents the defaults"
+        );
+        assert_eq!(
+            config.timers.reconcile_interval,
+            Some(Duration::from_secs(86_400))
+        );
+        assert!(config.timers.audits);
+    }
+
+    #[test]
+    fn a_ticket_price_that_would_let_self_dealing_pay_is_refused_at_start() {
+        let file: RunSettings = toml::from_str("ticket_price_per_gb = 1.5").unwrap();
+        let err = RunSettings::default().merge(file).unwrap_err().to_string();
+        assert!(err.contains("ticket_price_per_gb"), "{err}");
+        let file: RunSettings =
+            toml::from_str("[pay]\nserved_per_gb = -1.0\n").unwrap();
+        assert!(RunSettings::default().merge(file).is_err());
     }
 
     #[test]

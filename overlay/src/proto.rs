@@ -276,6 +276,9 @@ pub enum FetchResponse {
     Ok {
         len: u32,
     },
+    /// Not served, and why: a bad ticket, the ticket's allowance spent on this node, or
+    /// receipts lagging more than the node's credit behind the bytes delivered (after that
+    /// refusal the client may send its newest [`Receipt`] on the same stream to catch up).
     Refused(String),
     NotFound,
     /// The node found its copy corrupt on disk (and dropped it): fetch from another holder.
