@@ -923,8 +923,7 @@ mod tests {
         let file: RunSettings = toml::from_str("ticket_price_per_gb = 1.5").unwrap();
         let err = RunSettings::default().merge(file).unwrap_err().to_string();
         assert!(err.contains("ticket_price_per_gb"), "{err}");
-        let file: RunSettings =
-            toml::from_str("[pay]\nserved_per_gb = -1.0\n").unwrap();
+        let file: RunSettings = toml::from_str("[pay]\nserved_per_gb = -1.0\n").unwrap();
         assert!(RunSettings::default().merge(file).is_err());
     }
 
