@@ -152,33 +152,25 @@ fn honest_nodes_earn_exactly_what_the_policy_gives_for_receipted_work_and_storag
 
     // Payout: every positive balance once per period, with a statement.
     let statement = c.path("payout.csv");
-    common::run_ok(
-        "cm-coordinator",
-        &[
-            "payout",
-            "--data-dir",
-            c.cm(),
-            "--period",
-            "2026-11",
-            "--out",
-            statement.to_str().unwrap(),
-        ],
-    );
+    let payout = || {
+        common::run(
+            "cm-coordinator",
+            &[
+                "payout",
+                "--data-dir",
+                c.cm(),
+                "--period",
+                "2026-11",
+                "--out",
+                statement.to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(payout().status.success());
     let csv = std::fs::read_to_string(&statement).unwrap();
     assert_eq!(csv.lines().count(), 7, "{csv}");
     assert_eq!(c.node_show(0)["balance"], 0);
-    let again = common::run(
-        "cm-coordinator",
-        &[
-            "payout",
-            "--data-dir",
-            c.cm(),
-            "--period",
-            "2026-11",
-            "--out",
-            statement.to_str().unwrap(),
-        ],
-    );
+    let again = payout();
     assert!(!again.status.success(), "a period is paid once");
 }
 

@@ -667,10 +667,12 @@ impl Db {
             .collect())
     }
 
-    /// Records a ticket issued through the coordinator (a sales record).
-    pub async fn add_ticket(&self, t: &TicketRow) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at, price, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    /// Records a sales record (a ticket issued, uploaded or the CM's own) unless the ticket is
+    /// already known; returns whether it was new.
+    pub async fn add_ticket(&self, t: &TicketRow) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at, price, source)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&t.id)
         .bind(&t.content)
@@ -683,7 +685,7 @@ impl Db {
         .bind(t.source)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Records a client's problem report.

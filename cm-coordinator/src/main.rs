@@ -831,40 +831,48 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             json,
         } => {
             let out = call(&data_dir, AdminRequest::Verdicts { limit }).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                for v in out.as_array().into_iter().flatten() {
-                    println!(
-                        "run {} {} {} node={} client={} ticket={} amount={} evidence={}",
-                        v["run"],
-                        v["outcome"].as_str().unwrap_or("?"),
-                        v["kind"].as_str().unwrap_or("?"),
-                        v["node"].as_str().unwrap_or("-"),
-                        v["client"].as_str().unwrap_or("-"),
-                        v["ticket"].as_str().unwrap_or("-"),
-                        v["amount"].as_str().unwrap_or("?"),
-                        v["evidence"],
-                    );
-                }
-            }
+            print_rows(&out, json, |v| {
+                format!(
+                    "run {} {} {} node={} client={} ticket={} amount={} evidence={}",
+                    v["run"],
+                    v["outcome"].as_str().unwrap_or("?"),
+                    v["kind"].as_str().unwrap_or("?"),
+                    v["node"].as_str().unwrap_or("-"),
+                    v["client"].as_str().unwrap_or("-"),
+                    v["ticket"].as_str().unwrap_or("-"),
+                    v["amount"].as_str().unwrap_or("?"),
+                    v["evidence"],
+                )
+            })?;
         }
         Command::Reports { data_dir, json } => {
             let reports = call(&data_dir, AdminRequest::Reports).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                for r in reports.as_array().into_iter().flatten() {
-                    println!(
-                        "{} {} node={} content={} {}",
-                        r["at"],
-                        r["kind"].as_str().unwrap_or("?"),
-                        r["node"].as_str().unwrap_or("?"),
-                        r["content"].as_str().unwrap_or("?"),
-                        r["detail"].as_str().unwrap_or(""),
-                    );
-                }
-            }
+            print_rows(&reports, json, |r| {
+                format!(
+                    "{} {} node={} content={} {}",
+                    r["at"],
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["node"].as_str().unwrap_or("?"),
+                    r["content"].as_str().unwrap_or("?"),
+                    r["detail"].as_str().unwrap_or(""),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a JSON array as pretty JSON, or one `line` per element.
+fn print_rows(
+    rows: &serde_json::Value,
+    json: bool,
+    line: impl Fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else {
+        for row in rows.as_array().into_iter().flatten() {
+            println!("{}", line(row));
         }
     }
     Ok(())

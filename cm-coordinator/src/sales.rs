@@ -193,7 +193,7 @@ pub async fn import(
             price,
             issued_at: now_secs(),
         };
-        if coord.db.add_sale(&sold.row("uploaded")).await? {
+        if coord.db.add_ticket(&sold.row("uploaded")).await? {
             added += 1;
         } else {
             duplicate += 1;

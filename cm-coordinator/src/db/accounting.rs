@@ -220,26 +220,6 @@ impl Db {
         Ok(last.unwrap_or(0) as u64)
     }
 
-    /// Records a sales record unless the ticket is already known; returns whether it was new.
-    pub async fn add_sale(&self, t: &super::TicketRow) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "INSERT INTO tickets (id, content, client, partner, not_after, allowance, issued_at, price, source)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&t.id)
-        .bind(&t.content)
-        .bind(&t.client)
-        .bind(&t.partner)
-        .bind(t.not_after)
-        .bind(t.allowance)
-        .bind(t.issued_at)
-        .bind(t.price)
-        .bind(t.source)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// A fragment drawn at random from those `node` is paid to store now.
     pub async fn random_placement(
         &self,
