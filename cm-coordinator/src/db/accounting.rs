@@ -855,23 +855,7 @@ impl Db {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in w.entries.chunks(1_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(run)
-                    .push_bind(w.period_to as i64)
-                    .push_bind(&e.kind)
-                    .push_bind(&e.debit)
-                    .push_bind(&e.credit)
-                    .push_bind(e.amount)
-                    .push_bind(&e.service)
-                    .push_bind(&e.node)
-                    .push_bind(&e.memo);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        append(&mut tx, Some(run), w.period_to, &w.entries).await?;
         for chunk in w.pay_states.chunks(1_000) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO pay_states (node, state, updated_run) ",
@@ -901,23 +885,7 @@ impl Db {
     /// Appends ledger entries outside a reconciliation run (payouts), in one transaction.
     pub async fn append_entries(&self, at: u64, entries: &[NewEntry]) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in entries.chunks(1_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(None::<i64>)
-                    .push_bind(at as i64)
-                    .push_bind(&e.kind)
-                    .push_bind(&e.debit)
-                    .push_bind(&e.credit)
-                    .push_bind(e.amount)
-                    .push_bind(&e.service)
-                    .push_bind(&e.node)
-                    .push_bind(&e.memo);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        append(&mut tx, None, at, entries).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -955,6 +923,33 @@ impl Db {
             })
             .collect())
     }
+}
+
+/// Appends ledger entries (of reconciliation run `run`, if any) in multi-row inserts.
+async fn append(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run: Option<i64>,
+    at: u64,
+    entries: &[NewEntry],
+) -> Result<(), DbError> {
+    for chunk in entries.chunks(1_000) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(run)
+                .push_bind(at as i64)
+                .push_bind(&e.kind)
+                .push_bind(&e.debit)
+                .push_bind(&e.credit)
+                .push_bind(e.amount)
+                .push_bind(&e.service)
+                .push_bind(&e.node)
+                .push_bind(&e.memo);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// A node's ledger as the pay core needs it.
