@@ -306,10 +306,11 @@ fn over_claiming_nodes_are_caught_cut_forfeit_and_then_owe() {
         }],
         None,
     );
-    assert!(matches!(
-        adversary::send_report(&c.cm_addr, &me, body),
-        ControlResponse::ReportAccepted { .. }
-    ));
+    let answer = adversary::send_report(&c.cm_addr, &me, body);
+    assert!(
+        matches!(answer, ControlResponse::ReportAccepted { .. }),
+        "{answer:?}"
+    );
     c.reconcile();
     let show = c.node_show(cheat);
     assert_eq!(show["offences"], 2);

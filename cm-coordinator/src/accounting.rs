@@ -130,6 +130,76 @@ struct Tally {
     suspected: u32,
 }
 
+/// Wall time of a run's phases, reported in the returned summary (not stored).
+#[derive(Default)]
+struct Phases {
+    mark: Option<std::time::Instant>,
+    spent: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    /// Ends the phase running since the previous mark as `name`.
+    fn end(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let since = self.mark.replace(now).unwrap_or(now);
+        self.spent.push((name, now - since));
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        self.spent
+            .iter()
+            .map(|(name, d)| ((*name).to_string(), (d.as_millis() as u64).into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Adds the time until it is dropped to a running total.
+struct Timed<'a>(&'a mut Duration, std::time::Instant);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        *self.0 += self.1.elapsed();
+    }
+}
+
+/// The tally of `node`, allocating its key only the first time.
+fn tally<'t>(
+    tallies: &'t mut std::collections::HashMap<String, Tally>,
+    node: &str,
+) -> &'t mut Tally {
+    if !tallies.contains_key(node) {
+        tallies.insert(node.to_string(), Tally::default());
+    }
+    tallies.get_mut(node).expect("inserted above")
+}
+
+/// A verdict as stored, counted by kind.
+fn new_verdict<P: Clone + Into<String> + Serialize>(
+    by_kind: &mut std::collections::BTreeMap<String, u64>,
+    v: &crate::reconcile::Verdict<P>,
+) -> anyhow::Result<crate::db::NewVerdict> {
+    let kind = serde_json::to_value(v.kind)?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let outcome = serde_json::to_value(v.outcome)?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    *by_kind.entry(kind.clone()).or_default() += 1;
+    Ok(crate::db::NewVerdict {
+        node: v.node.clone().map(Into::into),
+        client: v.client.clone().map(Into::into),
+        ticket: v.ticket.clone(),
+        outcome,
+        kind,
+        amount: v.amount,
+        offence: v.offence,
+        evidence: serde_json::to_string(&v.evidence)?,
+    })
+}
+
 /// Audit score half-life used for pay levels.
 const AUDIT_HALF_LIFE_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
@@ -198,8 +268,8 @@ fn receipt_signature_holds(
             seq: r.seq,
             time: r.time,
         };
-        let signer = PeerId::from_str(&r.signer).ok()?;
-        let signature = overlay::identity::Signature::from_slice(&r.signature).ok()?;
+        let signer = PeerId::from_str(r.signer).ok()?;
+        let signature = overlay::identity::Signature::from_slice(&r.signature()?).ok()?;
         Some((body, signer, signature))
     })();
     let Some((body, signer, signature)) = parsed else {
@@ -232,6 +302,10 @@ pub async fn reconcile<R: rand::Rng + Send>(
     };
 
     let started = std::time::Instant::now();
+    let mut phases = Phases {
+        mark: Some(started),
+        ..Default::default()
+    };
     let policy = &config.pay;
     let period_from = db.last_run_end().await?;
     let period_to = now.max(period_from);
@@ -264,10 +338,10 @@ pub async fn reconcile<R: rand::Rng + Send>(
     for (node, state) in db.node_states(crate::db::StateTable::Pay).await? {
         states.insert(node, serde_json::from_str(&state)?);
     }
-    let watched: BTreeSet<String> = states
+    let watched: BTreeSet<&str> = states
         .iter()
         .filter(|(_, s)| !s.offences.is_empty())
-        .map(|(n, _)| n.clone())
+        .map(|(n, _)| n.as_str())
         .collect();
     let mut completions: HashMap<String, Completion<String>> = HashMap::new();
     for (ticket, id, report, at) in db.dirty_completions().await? {
@@ -313,56 +387,34 @@ pub async fn reconcile<R: rand::Rng + Send>(
     let served_rate = micro(policy.served_per_gb);
     let repair_rate = micro(policy.repair_per_gb);
     let stored_rate = micro(policy.stored_per_gb_month);
-    let push_verdict = |writes: &mut crate::db::RunWrites,
-                        by_kind: &mut BTreeMap<String, u64>,
-                        v: &crate::reconcile::Verdict<String>|
-     -> anyhow::Result<()> {
-        let kind = serde_json::to_value(v.kind)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let outcome = serde_json::to_value(v.outcome)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *by_kind.entry(kind.clone()).or_default() += 1;
-        writes.verdicts.push(crate::db::NewVerdict {
-            node: v.node.clone(),
-            client: v.client.clone(),
-            ticket: v.ticket.clone(),
-            outcome,
-            kind,
-            amount: v.amount,
-            offence: v.offence,
-            evidence: serde_json::to_string(&v.evidence)?,
-        });
-        Ok(())
-    };
     let mut failure: Option<anyhow::Error> = None;
-    db.dirty_claims(|group| {
+    phases.end("load");
+    let mut core_time = Duration::ZERO;
+    db.dirty_claims(|ticket_hex, sale, group| {
+        let _timed = Timed(&mut core_time, std::time::Instant::now());
         if failure.is_some() {
             return;
         }
         tickets += 1;
         let first = &group[0];
         let mut ticket = [0u8; 16];
-        if hex::decode_to_slice(&first.ticket, &mut ticket).is_err() {
+        if hex::decode_to_slice(ticket_hex, &mut ticket).is_err() {
             tracing::warn!(
-                ticket = first.ticket,
+                ticket = ticket_hex,
                 "claims under a malformed ticket ID skipped"
             );
             return;
         }
-        let meta = contents.get(&first.content);
-        let content_assigned = assigned.get(&first.content);
+        let meta = contents.get(first.content);
+        let content_assigned = assigned.get(first.content);
         let case = TicketCase {
             ticket,
-            content: first.content.clone(),
-            sale: first.sale.as_ref().map(|s| Sale {
-                client: s.client.clone(),
+            content: first.content.to_string(),
+            sale: sale.as_ref().map(|s| Sale {
+                client: s.client,
                 allowance: s.allowance,
                 not_after: s.not_after,
-                kind: match s.source.as_str() {
+                kind: match s.source {
                     "repair" => SaleKind::Repair,
                     "uploaded" => SaleKind::Uploaded,
                     _ => SaleKind::Issued,
@@ -371,11 +423,11 @@ pub async fn reconcile<R: rand::Rng + Send>(
             claims: group
                 .iter()
                 .map(|c| ServedClaim {
-                    node: c.node.clone(),
+                    node: c.node,
                     bytes: c.bytes,
                     fragments: c.fragments,
                     receipt: c.receipt.as_ref().map(|r| ReceiptFacts {
-                        signer: r.signer.clone(),
+                        signer: r.signer,
                         bytes: r.bytes,
                         fragments: r.fragments,
                         seq: r.seq,
@@ -385,12 +437,16 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     first_seen: c.first_seen,
                     report_seq: c.report_seq,
                     assigned: content_assigned
-                        .and_then(|a| a.get(c.node.as_str()))
+                        .and_then(|a| a.get(c.node))
                         .copied()
                         .unwrap_or(0),
                 })
                 .collect(),
-            completion: completions.get(&first.ticket).cloned(),
+            completion: completions.get(ticket_hex).map(|c| Completion {
+                id: c.id,
+                time: c.time,
+                per_node: c.per_node.iter().map(|(n, b)| (n.as_str(), *b)).collect(),
+            }),
             assigned_total: content_assigned.map_or(0, |a| a.values().sum()),
             fragment_size: meta.map_or(0, |m| m.largest_fragment),
             k: meta.map_or(0, |m| m.manifest.k() as u32),
@@ -401,42 +457,41 @@ pub async fn reconcile<R: rand::Rng + Send>(
                 .iter()
                 .find(|c| c.node == claim.node)
                 .and_then(|c| c.receipt.as_ref().map(|r| (c, r)))
-                .is_some_and(|(c, r)| receipt_signature_holds(&c.ticket, &c.content, &c.node, r))
+                .is_some_and(|(c, r)| receipt_signature_holds(ticket_hex, c.content, c.node, r))
         });
         if result.pending {
             pending += 1;
             return;
         }
-        let flagged: BTreeSet<&String> = result
-            .verdicts
-            .iter()
-            .filter_map(|v| v.node.as_ref())
-            .collect();
+        let flagged: BTreeSet<&str> = result.verdicts.iter().filter_map(|v| v.node).collect();
         for (row, r) in group.iter().zip(&result.claims) {
             claims += 1;
             deep += u64::from(r.deep_checked);
-            if !flagged.contains(&row.node) {
+            if !flagged.contains(row.node) {
                 confirmed += 1;
             }
             confirmed_bytes += u128::from(r.pay);
             writes.claims.push((row.rowid, r.confirmed, row.report_seq));
-            let t = tallies.entry(row.node.clone()).or_default();
+            let t = tally(&mut tallies, row.node);
             match r.service {
                 ServiceKind::Served => t.served += r.pay,
                 ServiceKind::Repair => t.repair += r.pay,
             }
         }
         for v in &result.verdicts {
-            if let Err(e) = push_verdict(&mut writes, &mut by_kind, v) {
-                failure = Some(e);
-                return;
+            match new_verdict(&mut by_kind, v) {
+                Ok(verdict) => writes.verdicts.push(verdict),
+                Err(e) => {
+                    failure = Some(e);
+                    return;
+                }
             }
             match v.outcome {
                 crate::reconcile::Outcome::Conflict => conflicts += 1,
                 crate::reconcile::Outcome::SuspectedCollusion => suspected += 1,
             }
-            let Some(node) = &v.node else { continue };
-            let t = tallies.entry(node.clone()).or_default();
+            let Some(node) = v.node else { continue };
+            let t = tally(&mut tallies, node);
             if v.offence {
                 t.conflicts += 1;
                 let rate = if case
@@ -459,6 +514,11 @@ pub async fn reconcile<R: rand::Rng + Send>(
     if let Some(e) = failure {
         return Err(e);
     }
+    phases.end("claims_read");
+    if let Some((_, read)) = phases.spent.last_mut() {
+        *read = read.saturating_sub(core_time);
+    }
+    phases.spent.push(("claims_core", core_time));
 
     // Storage: every node that listed its holdings during the period.
     let failed_audits: HashMap<String, bool> = db
@@ -467,79 +527,98 @@ pub async fn reconcile<R: rand::Rng + Send>(
         .into_iter()
         .collect();
     let (mut storage_nodes, mut stored_byte_secs) = (0u64, 0u128);
-    for node in db.holdings_since(period_from).await? {
-        let Some((report_seq, at, blob)) = db.holdings(&node).await? else {
-            continue;
-        };
-        let held: Vec<overlay::report::HeldContent> = match postcard::from_bytes(&blob) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(node, error = %e, "unreadable holdings skipped");
-                continue;
+    db.holdings_with_placements(
+        period_from,
+        0,
+        |node, (report_seq, at, blob), placements| {
+            if failure.is_some() {
+                return;
             }
-        };
-        let fragments = held
-            .iter()
-            .flat_map(|h| {
-                let content = h.content.to_string();
-                h.fragments
-                    .iter()
-                    .map(move |&(s, i)| (content.clone(), s, i))
-            })
-            .collect();
-        let claim = HeldClaim {
-            report_seq,
-            at,
-            fragments,
-            node: node.clone(),
-        };
-        let records: Vec<PlacementRecord> = db
-            .node_placements(&node, 0)
-            .await?
-            .into_iter()
-            .map(|p| {
-                let size = contents
-                    .get(&p.content)
-                    .map_or(0, |m| m.manifest.fragment_len(u64::from(p.segment)) as u64);
-                PlacementRecord {
-                    fragment: (p.content, p.segment, p.index),
-                    size,
-                    placed_at: p.placed_at,
-                    removed_at: p.removed_at,
+            let held: Vec<overlay::report::HeldContent> = match postcard::from_bytes(blob) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "unreadable holdings skipped");
+                    return;
                 }
-            })
-            .collect();
-        let result = reconcile_storage(&node, Some(&claim), &records, period_from, period_to);
-        storage_nodes += 1;
-        let t = tallies.entry(node.clone()).or_default();
-        if failed_audits.contains_key(&node) {
-            // Storage pay is lost for the period; reconciliation still closes what is lost.
-            if failed_audits[&node] {
+            };
+            let fragments = held
+                .iter()
+                .flat_map(|h| {
+                    let content = h.content.to_string();
+                    h.fragments
+                        .iter()
+                        .map(move |&(s, i)| (content.clone(), s, i))
+                })
+                .collect();
+            let claim = HeldClaim {
+                report_seq,
+                at,
+                fragments,
+                node,
+            };
+            let records: Vec<PlacementRecord> = placements
+                .into_iter()
+                .map(|p| {
+                    let size = contents
+                        .get(&p.content)
+                        .map_or(0, |m| m.manifest.fragment_len(u64::from(p.segment)) as u64);
+                    PlacementRecord {
+                        fragment: (p.content, p.segment, p.index),
+                        size,
+                        placed_at: p.placed_at,
+                        removed_at: p.removed_at,
+                    }
+                })
+                .collect();
+            let result = reconcile_storage(&node, Some(&claim), &records, period_from, period_to);
+            storage_nodes += 1;
+            let t = tally(&mut tallies, node);
+            match failed_audits.get(node) {
+                // Storage pay is lost for the period; reconciliation still closes what is lost.
+                Some(&offence) => {
+                    if offence {
+                        t.conflicts += 1;
+                        t.conflict_value += rate_value(
+                            result.byte_secs,
+                            stored_rate,
+                            u128::from(GB) * u128::from(MONTH_SECS),
+                        );
+                    }
+                }
+                None => {
+                    t.stored += result.byte_secs;
+                    stored_byte_secs += result.byte_secs;
+                }
+            }
+            for v in &result.verdicts {
+                match new_verdict(&mut by_kind, v) {
+                    Ok(verdict) => writes.verdicts.push(verdict),
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
+                    }
+                }
+                conflicts += 1;
                 t.conflicts += 1;
                 t.conflict_value += rate_value(
-                    result.byte_secs,
+                    v.amount,
                     stored_rate,
                     u128::from(GB) * u128::from(MONTH_SECS),
                 );
             }
-        } else {
-            t.stored += result.byte_secs;
-            stored_byte_secs += result.byte_secs;
-        }
-        for v in &result.verdicts {
-            push_verdict(&mut writes, &mut by_kind, v)?;
-            conflicts += 1;
-            t.conflicts += 1;
-            t.conflict_value += rate_value(
-                v.amount,
-                stored_rate,
-                u128::from(GB) * u128::from(MONTH_SECS),
-            );
-        }
-        for (content, segment, index) in result.lost {
-            writes.lost.push((content, segment, index, node.clone()));
-        }
+            for (content, segment, index) in result.lost {
+                writes
+                    .lost
+                    .push((content, segment, index, node.to_string()));
+            }
+        },
+    )
+    .await?;
+    if let Some(e) = failure {
+        return Err(e);
     }
+
+    phases.end("storage");
 
     // Facts about every node, then pay.
     let window = policy.availability_window.as_secs();
@@ -634,6 +713,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         });
     }
     let revenue = db.revenue(period_from, period_to).await?;
+    phases.end("facts");
     let settlement = pay::settle(
         policy,
         &RunInfo {
@@ -644,6 +724,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         },
         inputs,
     );
+    phases.end("settle");
     let mut paid: i64 = 0;
     let mut fined: i64 = 0;
     let mut forfeited: i64 = 0;
@@ -704,10 +785,15 @@ pub async fn reconcile<R: rand::Rng + Send>(
         "ledger_entries": writes.entries.len(),
         "revenue": revenue,
     });
+    // Claims were read in ticket order; the update is cheapest in table order.
+    writes.claims.sort_unstable_by_key(|&(rowid, _, _)| rowid);
+    phases.end("entries");
     let run = db.write_run(&writes).await?;
+    phases.end("write");
     let mut summary = writes.summary;
     summary["run"] = run.into();
     summary["millis"] = (started.elapsed().as_millis() as u64).into();
+    summary["phases_ms"] = phases.to_json();
     tracing::info!(
         run,
         claims,

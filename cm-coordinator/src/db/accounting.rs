@@ -482,40 +482,47 @@ pub(crate) fn ledger_row(r: sqlx::sqlite::SqliteRow) -> LedgerRow {
     }
 }
 
-/// A served claim as read for reconciliation, with its sales record.
+/// A served claim as read for reconciliation (borrowed from the ticket's row).
 #[derive(Clone, Debug)]
-pub struct ClaimRow {
+pub struct ClaimRow<'a> {
     pub rowid: i64,
-    pub ticket: String,
-    pub node: String,
-    pub content: String,
+    pub node: &'a str,
+    pub content: &'a str,
     pub bytes: u64,
     pub fragments: u64,
     pub report_seq: u64,
     pub first_seen: u64,
-    pub receipt: Option<ReceiptRow>,
+    pub receipt: Option<ReceiptRow<'a>>,
     pub paid_bytes: u64,
-    pub sale: Option<SaleRow>,
 }
 
 /// The receipt columns of a claim.
 #[derive(Clone, Debug)]
-pub struct ReceiptRow {
-    pub signer: String,
+pub struct ReceiptRow<'a> {
+    pub signer: &'a str,
     pub bytes: u64,
     pub fragments: u64,
     pub seq: u64,
     pub time: u64,
-    pub signature: Vec<u8>,
+    /// The stored signature bytes, hex-encoded (decoded only for the few claims checked in
+    /// depth).
+    pub signature_hex: &'a str,
+}
+
+impl ReceiptRow<'_> {
+    /// The stored signature bytes (`None`: not valid hex, which the database never holds).
+    pub fn signature(&self) -> Option<Vec<u8>> {
+        hex::decode(self.signature_hex).ok()
+    }
 }
 
 /// A sales record as reconciliation needs it.
 #[derive(Clone, Debug)]
-pub struct SaleRow {
-    pub client: String,
+pub struct SaleRow<'a> {
+    pub client: &'a str,
     pub allowance: u64,
     pub not_after: u64,
-    pub source: String,
+    pub source: &'a str,
 }
 
 /// A placement as storage reconciliation needs it.
@@ -535,7 +542,8 @@ pub struct RunWrites {
     pub period_from: u64,
     pub period_to: u64,
     pub summary: serde_json::Value,
-    /// `(rowid, paid_bytes, report_seq read)`: a claim updated since it was read stays dirty.
+    /// `(rowid, paid_bytes, report_seq read)`: a claim updated since it was read stays dirty. In
+    /// rowid order, the update then walks the table front to back.
     pub claims: Vec<(i64, u64, u64)>,
     /// `(node, client, ticket, outcome, kind, amount, offence, evidence JSON)`.
     pub verdicts: Vec<NewVerdict>,
@@ -575,62 +583,89 @@ fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
+/// Columns of one claim, as `dirty_claims` packs them per ticket: space-separated fields, claims
+/// separated by commas. Every text field is an ID the coordinator wrote from a typed value (hex or
+/// base58), so neither separator can occur inside one; NULL numbers read as 0, as `u` does.
+const CLAIM_FIELDS: &str = "format('%d %s %s %d %d %d %d %d %d %s %d %d %d %d %s',
+        c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen, c.paid_bytes,
+        c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL, ifnull(c.receipt_signer, ''),
+        c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig))";
+
+/// Parses one claim packed by [`CLAIM_FIELDS`].
+fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
+    let mut f = packed.split(' ');
+    let mut int = || f.next()?.parse::<i64>().ok();
+    let rowid = int()?;
+    let (node, content) = (f.next()?, f.next()?);
+    let mut int = || f.next()?.parse::<i64>().ok();
+    let (bytes, fragments, report_seq, first_seen, paid_bytes) =
+        (int()?, int()?, int()?, int()?, int()?);
+    let has_receipt = int()? != 0;
+    let signer = f.next()?;
+    let mut int = || f.next()?.parse::<i64>().ok();
+    let (r_bytes, r_fragments, r_seq, r_time) = (int()?, int()?, int()?, int()?);
+    let signature_hex = f.next()?;
+    if f.next().is_some() {
+        return None;
+    }
+    Some(ClaimRow {
+        rowid,
+        node,
+        content,
+        bytes: u(bytes),
+        fragments: u(fragments),
+        report_seq: u(report_seq),
+        first_seen: u(first_seen),
+        receipt: has_receipt.then_some(ReceiptRow {
+            signer,
+            bytes: u(r_bytes),
+            fragments: u(r_fragments),
+            seq: u(r_seq),
+            time: u(r_time),
+            signature_hex,
+        }),
+        paid_bytes: u(paid_bytes),
+    })
+}
+
 impl Db {
-    /// Every claim under a ticket that has a claim changed since the last run, ticket by ticket,
-    /// with the ticket's sales record; `each` is called once per ticket.
-    pub async fn dirty_claims(&self, mut each: impl FnMut(Vec<ClaimRow>)) -> Result<(), DbError> {
+    /// Every claim under a ticket that has a claim changed since the last run, ticket by ticket
+    /// in ticket order: `each(ticket, sales record, claims in node order)`.
+    ///
+    /// One row per ticket with its claims packed into one text: at millions of claims per run,
+    /// the per-row and per-column cost of the driver dominated the reading.
+    pub async fn dirty_claims(
+        &self,
+        mut each: impl FnMut(&str, Option<SaleRow<'_>>, Vec<ClaimRow<'_>>),
+    ) -> Result<(), DbError> {
         use futures::TryStreamExt;
-        let mut rows = sqlx::query(
-            "SELECT c.rowid, c.ticket, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
-                    c.receipt_signer, c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, c.receipt_sig,
-                    c.paid_bytes, t.client, t.allowance, t.not_after, t.source
+        let sql = format!(
+            "SELECT c.ticket, t.client, t.allowance, t.not_after, t.source, group_concat({CLAIM_FIELDS}, ',')
              FROM served_claims c LEFT JOIN tickets t ON t.id = c.ticket
              WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1)
-             ORDER BY c.ticket",
-        )
-        .fetch(&self.pool);
-        let mut group: Vec<ClaimRow> = Vec::new();
+             GROUP BY c.ticket ORDER BY c.ticket"
+        );
+        let mut rows = sqlx::query(&sql).fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
-            let ticket: String = r.get(1);
-            if group.first().is_some_and(|c| c.ticket != ticket) {
-                each(std::mem::take(&mut group));
-            }
-            let receipt = match (
-                r.get::<Option<String>, _>(8),
-                r.get::<Option<Vec<u8>>, _>(13),
-            ) {
-                (Some(signer), Some(signature)) => Some(ReceiptRow {
-                    signer,
-                    bytes: u(r.get::<Option<i64>, _>(9).unwrap_or(0)),
-                    fragments: u(r.get::<Option<i64>, _>(10).unwrap_or(0)),
-                    seq: u(r.get::<Option<i64>, _>(11).unwrap_or(0)),
-                    time: u(r.get::<Option<i64>, _>(12).unwrap_or(0)),
-                    signature,
-                }),
-                _ => None,
-            };
-            let sale = r.get::<Option<String>, _>(15).map(|client| SaleRow {
+            let ticket: &str = r.get(0);
+            let packed: &str = r.get(5);
+            let mut claims = packed
+                .split(',')
+                .map(|c| {
+                    parse_claim(c).ok_or_else(|| {
+                        DbError::Corrupt(format!("claim under ticket {ticket}: `{c}`"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // The order of the (ticket, node) key, which the core's random draws follow.
+            claims.sort_by(|a, b| a.node.cmp(b.node));
+            let sale = r.get::<Option<&str>, _>(1).map(|client| SaleRow {
                 client,
-                allowance: u(r.get::<Option<i64>, _>(16).unwrap_or(0)),
-                not_after: u(r.get::<Option<i64>, _>(17).unwrap_or(0)),
-                source: r.get::<Option<String>, _>(18).unwrap_or_default(),
+                allowance: u(r.get::<Option<i64>, _>(2).unwrap_or(0)),
+                not_after: u(r.get::<Option<i64>, _>(3).unwrap_or(0)),
+                source: r.get::<Option<&str>, _>(4).unwrap_or_default(),
             });
-            group.push(ClaimRow {
-                rowid: r.get(0),
-                ticket,
-                node: r.get(2),
-                content: r.get(3),
-                bytes: u(r.get(4)),
-                fragments: u(r.get(5)),
-                report_seq: u(r.get(6)),
-                first_seen: u(r.get(7)),
-                receipt,
-                paid_bytes: u(r.get(14)),
-                sale,
-            });
-        }
-        if !group.is_empty() {
-            each(group);
+            each(ticket, sale, claims);
         }
         Ok(())
     }
@@ -682,6 +717,64 @@ impl Db {
         )
     }
 
+    /// Every node whose holdings were listed at or after `since`, in node order:
+    /// `each(node, (report_seq, at, encoded holdings), placements active at any time since
+    /// `placed_since`)`. Two streams ordered by node, merged: one query for all nodes rather
+    /// than two per node.
+    pub async fn holdings_with_placements(
+        &self,
+        since: u64,
+        placed_since: u64,
+        mut each: impl FnMut(&str, (u64, u64, &[u8]), Vec<PlacementRow>),
+    ) -> Result<(), DbError> {
+        use futures::TryStreamExt;
+        let mut holdings_conn = self.pool.acquire().await?;
+        let mut placements_conn = self.pool.acquire().await?;
+        let mut holdings = sqlx::query(
+            "SELECT node, report_seq, at, fragments FROM node_holdings WHERE at >= ? ORDER BY node",
+        )
+        .bind(since as i64)
+        .fetch(&mut *holdings_conn);
+        // Within a node, the order of `placements_undeleted`, which `node_placements` reads.
+        let mut placements = sqlx::query(
+            "SELECT node, content, segment, idx, placed_at, removed_at FROM placements
+             WHERE removed_at IS NULL OR removed_at > ?
+             ORDER BY node, removed_at, delete_sent_at, rowid",
+        )
+        .bind(placed_since as i64)
+        .fetch(&mut *placements_conn);
+        let mut next: Option<sqlx::sqlite::SqliteRow> = None;
+        while let Some(h) = holdings.try_next().await? {
+            let node: &str = h.get(0);
+            let mut list = Vec::new();
+            loop {
+                let p = match next.take() {
+                    Some(p) => p,
+                    None => match placements.try_next().await? {
+                        Some(p) => p,
+                        None => break,
+                    },
+                };
+                match p.get::<&str, _>(0).cmp(node) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => list.push(PlacementRow {
+                        content: p.get(1),
+                        segment: u(p.get(2)) as u32,
+                        index: u(p.get(3)) as u16,
+                        placed_at: u(p.get(4)),
+                        removed_at: p.get::<Option<i64>, _>(5).map(u),
+                    }),
+                    std::cmp::Ordering::Greater => {
+                        next = Some(p);
+                        break;
+                    }
+                }
+            }
+            each(node, (u(h.get(1)), u(h.get(2)), h.get(3)), list);
+        }
+        Ok(())
+    }
+
     /// A node's placements that were active at any time since `since`.
     pub async fn node_placements(
         &self,
@@ -708,10 +801,11 @@ impl Db {
             .collect())
     }
 
-    /// Nodes with a failed audit in `[from, to)`: `(node, offence)`.
+    /// Nodes with a failed audit in `(from, to]` (a run ends at `to`, so an audit in its last
+    /// second belongs to it): `(node, offence)`.
     pub async fn failed_audits(&self, from: u64, to: u64) -> Result<Vec<(String, bool)>, DbError> {
         let rows = sqlx::query(
-            "SELECT node, MAX(offence) FROM audits WHERE failed = 1 AND at >= ? AND at < ? GROUP BY node",
+            "SELECT node, MAX(offence) FROM audits WHERE failed = 1 AND at > ? AND at <= ? GROUP BY node",
         )
         .bind(from as i64)
         .bind(to as i64)
@@ -802,7 +896,14 @@ impl Db {
 
     /// Writes a reconciliation run in one transaction; returns the run's ID.
     pub async fn write_run(&self, w: &RunWrites) -> Result<i64, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let t0 = std::time::Instant::now(); // TEMP
+        let mut conn = self.pool.acquire().await?;
+        if let Ok(c) = std::env::var("CCDS_TMP_CACHE") {
+            sqlx::query(&format!("PRAGMA cache_size = {c}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let run: i64 = sqlx::query(
             "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -814,29 +915,24 @@ impl Db {
         .await?
         .get(0);
 
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS settled (rid INTEGER PRIMARY KEY, paid INTEGER NOT NULL, seq INTEGER NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM settled").execute(&mut *tx).await?;
+        // Settled claims straight from bound values, 10,000 per statement (3 of SQLite's 32,766
+        // parameters each): no temporary table to fill and read back.
         for chunk in w.claims.chunks(10_000) {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO settled (rid, paid, seq) ");
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("WITH s (rid, paid, seq) AS (");
             q.push_values(chunk, |mut b, (rid, paid, seq)| {
                 b.push_bind(*rid)
                     .push_bind(*paid as i64)
                     .push_bind(*seq as i64);
             });
+            q.push(
+                ") UPDATE served_claims SET paid_bytes = s.paid,
+                     dirty = CASE WHEN served_claims.report_seq = s.seq THEN 0 ELSE 1 END
+                 FROM s WHERE served_claims.rowid = s.rid",
+            );
             q.build().execute(&mut *tx).await?;
         }
-        sqlx::query(
-            "UPDATE served_claims SET paid_bytes = s.paid,
-                 dirty = CASE WHEN served_claims.report_seq = s.seq THEN 0 ELSE 1 END
-             FROM settled s WHERE served_claims.rowid = s.rid",
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM settled").execute(&mut *tx).await?;
 
+        eprintln!("TEMP claims update {:?}", t0.elapsed());
         for chunk in w.verdicts.chunks(1_000) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO verdicts (run, node, client, ticket, outcome, kind, amount, offence, evidence, at) ",
@@ -878,7 +974,9 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
+        eprintln!("TEMP before commit {:?}", t0.elapsed());
         tx.commit().await?;
+        eprintln!("TEMP commit {:?}", t0.elapsed());
         Ok(run)
     }
 
