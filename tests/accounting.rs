@@ -421,7 +421,7 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
     }
     wait_for(
         "the dropper to fail an audit",
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         || c.node_show(dropper)["audits_failed"].as_u64() >= Some(1),
     );
     wait_for(
