@@ -179,9 +179,6 @@ fn main() -> anyhow::Result<()> {
         let now: u64 = args[at + 2].parse()?;
         return child(&path, now);
     }
-    if let Some(at) = args.iter().position(|a| a == "--probe") {
-        return probe(Path::new(&args[at + 1]), &args[at + 2]);
-    }
     let sizes = Sizes::from_env()?;
     let path = std::env::var_os("CCDS_BENCH_DB")
         .map(PathBuf::from)
@@ -238,13 +235,39 @@ fn main() -> anyhow::Result<()> {
         copied.elapsed().as_secs_f64()
     );
 
+    let verify_us = verify_baseline();
     let first = run_child(&run_path, meta.now)?;
     let second = run_child(&run_path, meta.now + 3_600)?;
     remove_db(&run_path)?;
 
     check(&sizes, &first)?;
-    report(&sizes, &meta, db_bytes, &first, &second);
+    report(&sizes, &meta, db_bytes, verify_us, &first, &second);
     Ok(())
+}
+
+/// The baseline that makes the figures comparable across machines: one receipt signature check
+/// as reconciliation does it in depth (key from the peer ID, then Ed25519), microseconds.
+fn verify_baseline() -> f64 {
+    let client = identity("client", 0);
+    let body = ReceiptBody {
+        ticket_id: ticket_id(0),
+        content: manifest(0).content_id(),
+        node: identity("node", 0).peer_id(),
+        fragments: 1,
+        bytes: 1 << 20,
+        seq: 1,
+        time: T0,
+    };
+    let msg = encode(&body);
+    let signature = client.sign(ReceiptBody::DOMAIN, &msg);
+    const N: u32 = 5_000;
+    let started = Instant::now();
+    for _ in 0..N {
+        let ok =
+            overlay::identity::verify(&client.peer_id(), ReceiptBody::DOMAIN, &msg, &signature);
+        assert!(ok.is_ok(), "the baseline receipt verifies");
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(N)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -637,6 +660,10 @@ struct RunReport {
     cpu_secs: f64,
     hwm_before_kib: u64,
     hwm_after_kib: u64,
+    /// Size of the write-ahead log the run left, and the time to fold it back and truncate it
+    /// afterwards (outside the measured wall time: the run's commit already checkpointed it).
+    wal_bytes: u64,
+    checkpoint_secs: f64,
     summary: serde_json::Value,
 }
 
@@ -678,11 +705,23 @@ fn child(path: &Path, now: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         let outcome = reconcile(&db, &config, now, &mut rng).await?;
         let wall_secs = started.elapsed().as_secs_f64();
+        let (cpu_secs, hwm_after_kib) = (cpu_secs() - cpu, status_kib("VmHWM:"));
+        // The next run must not pay for this one's log: fold it back and truncate it now.
+        let wal_bytes = std::fs::metadata(with_suffix(path, "-wal")).map_or(0, |m| m.len());
+        let checkpointed = Instant::now();
+        let mut conn =
+            SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path)).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
         anyhow::Ok(RunReport {
             wall_secs,
-            cpu_secs: cpu_secs() - cpu,
+            cpu_secs,
             hwm_before_kib,
-            hwm_after_kib: status_kib("VmHWM:"),
+            hwm_after_kib,
+            wal_bytes,
+            checkpoint_secs: checkpointed.elapsed().as_secs_f64(),
             summary: outcome.summary,
         })
     })?;
@@ -737,7 +776,14 @@ fn check(sizes: &Sizes, run: &RunReport) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(sizes: &Sizes, meta: &Meta, db_bytes: u64, first: &RunReport, second: &RunReport) {
+fn report(
+    sizes: &Sizes,
+    meta: &Meta,
+    db_bytes: u64,
+    verify_us: f64,
+    first: &RunReport,
+    second: &RunReport,
+) {
     let s = &first.summary;
     println!();
     println!("== reconciliation benchmark ==");
@@ -749,6 +795,12 @@ fn report(sizes: &Sizes, meta: &Meta, db_bytes: u64, first: &RunReport, second: 
         "seeding: {:.1} s (not measured); database {:.2} GiB",
         meta.seed_secs,
         gib(db_bytes)
+    );
+    println!(
+        "baseline: one receipt signature check takes {verify_us:.0} µs on this machine \
+         (the run checks {} in depth: {:.0} CPU-s)",
+        first.summary["deep_checked"],
+        first.summary["deep_checked"].as_f64().unwrap_or(0.0) * verify_us / 1e6
     );
     println!();
     println!("{:<28} {:>16} {:>16}", "", "first run", "second run");
@@ -783,7 +835,17 @@ fn report(sizes: &Sizes, meta: &Meta, db_bytes: u64, first: &RunReport, second: 
         format!("{:.0} MiB", second.hwm_after_kib as f64 / 1024.0),
     );
     row(
-        "RSS before the run",
+        "WAL left by the run",
+        format!("{:.2} GiB", gib(first.wal_bytes)),
+        format!("{:.2} GiB", gib(second.wal_bytes)),
+    );
+    row(
+        "checkpoint after (unmeasured)",
+        format!("{:.2} s", first.checkpoint_secs),
+        format!("{:.2} s", second.checkpoint_secs),
+    );
+    row(
+        "VmHWM at the start",
         format!("{:.0} MiB", first.hwm_before_kib as f64 / 1024.0),
         format!("{:.0} MiB", second.hwm_before_kib as f64 / 1024.0),
     );
@@ -810,147 +872,4 @@ fn report(sizes: &Sizes, meta: &Meta, db_bytes: u64, first: &RunReport, second: 
         "goal (< 60 s, < 2 GiB): {}",
         if ok { "met" } else { "MISSED" }
     );
-}
-
-// PROBE (temporary)
-pub fn probe(path: &Path, which: &str) -> anyhow::Result<()> {
-    use futures::TryStreamExt;
-    use sqlx::Row;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let options = SqliteConnectOptions::new().filename(path).read_only(true);
-        let mut conn = SqliteConnection::connect_with(&options).await?;
-        if let Ok(p) = std::env::var("PROBE_PRAGMA") {
-            for p in p.split(';') {
-                sqlx::query(p).execute(&mut conn).await?;
-            }
-        }
-        let limit = "5eedb0a7c0de0001000000000001e848";
-        let started = Instant::now();
-        let cpu = cpu_secs();
-        let mut n = 0u64;
-        let mut sum = 0u64;
-        match which {
-            "full" | "full-decode" | "nojoin" | "few" => {
-                let sql = match which {
-                    "full" | "full-decode" => "SELECT c.rowid, c.ticket, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
-                    c.receipt_signer, c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, c.receipt_sig,
-                    c.paid_bytes, t.client, t.allowance, t.not_after, t.source
-             FROM served_claims c LEFT JOIN tickets t ON t.id = c.ticket
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?)
-             ORDER BY c.ticket",
-                    "nojoin" => "SELECT c.rowid, c.ticket, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
-                    c.receipt_signer, c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, c.receipt_sig,
-                    c.paid_bytes
-             FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?)
-             ORDER BY c.ticket",
-                    _ => "SELECT c.rowid, c.bytes FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?)
-             ORDER BY c.ticket",
-                };
-                let mut rows = sqlx::query(sql).bind(limit).fetch(&mut conn);
-                while let Some(r) = rows.try_next().await? {
-                    n += 1;
-                    if which == "full-decode" {
-                        let s: String = r.get(2);
-                        let t: String = r.get(1);
-                        let c: String = r.get(3);
-                        let g: Option<String> = r.get(8);
-                        let sig: Option<Vec<u8>> = r.get(13);
-                        let cl: Option<String> = r.get(15);
-                        sum += (s.len() + t.len() + c.len() + g.map_or(0, |g| g.len()) + sig.map_or(0, |s| s.len()) + cl.map_or(0, |c| c.len())) as u64;
-                    }
-                }
-            }
-            "json" => {
-                let sql = "SELECT c.ticket, json_group_array(json_array(c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen, c.receipt_signer, c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig), c.paid_bytes) ORDER BY c.node) FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?) GROUP BY c.ticket ORDER BY c.ticket";
-                let mut rows = sqlx::query(sql).bind(limit).fetch(&mut conn);
-                type Tup = (i64, String, String, i64, i64, i64, i64, Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, i64);
-                while let Some(r) = rows.try_next().await? {
-                    let j: &str = r.get(1);
-                    let v: Vec<Tup> = serde_json::from_str(j)?;
-                    n += v.len() as u64;
-                }
-            }
-            "concat" => {
-                let sql = "SELECT c.ticket, group_concat(c.rowid || ' ' || c.node || ' ' || c.content || ' ' || c.bytes || ' ' || c.fragments || ' ' || c.report_seq || ' ' || c.first_seen || ' ' || c.paid_bytes || ' ' || coalesce(c.receipt_signer || ' ' || hex(c.receipt_sig) || ' ' || coalesce(c.receipt_bytes, 0) || ' ' || coalesce(c.receipt_fragments, 0) || ' ' || coalesce(c.receipt_seq, 0) || ' ' || coalesce(c.receipt_time, 0), '-'), ',' ORDER BY c.node) FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?) GROUP BY c.ticket ORDER BY c.ticket";
-                let mut rows = sqlx::query(sql).bind(limit).fetch(&mut conn);
-                while let Some(r) = rows.try_next().await? {
-                    let j: &str = r.get(1);
-                    for claim in j.split(',') {
-                        n += 1;
-                        sum += claim.split(' ').count() as u64;
-                    }
-                }
-            }
-            "multi" | "multi-nosig" => {
-                let sig = if which == "multi" { "hex(c.receipt_sig)" } else { "''" };
-                let sql = format!("SELECT g.*, t.client, t.allowance, t.not_after, t.source FROM (SELECT c.ticket, group_concat(c.rowid), group_concat(c.node), group_concat(c.content), group_concat(c.bytes), group_concat(c.fragments),
-                  group_concat(c.report_seq), group_concat(c.first_seen), group_concat(c.paid_bytes),
-                  group_concat(c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL), group_concat(ifnull(c.receipt_signer, '')),
-                  group_concat(ifnull(c.receipt_bytes, 0)), group_concat(ifnull(c.receipt_fragments, 0)), group_concat(ifnull(c.receipt_seq, 0)), group_concat(ifnull(c.receipt_time, 0)),
-                  group_concat({sig})
-             FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?) GROUP BY c.ticket) g LEFT JOIN tickets t ON t.id = g.ticket ORDER BY g.ticket");
-                let mut rows = sqlx::query(&sql).bind(limit).fetch(&mut conn);
-                while let Some(r) = rows.try_next().await? {
-                    for i in 1..16 {
-                        let j: &str = r.get(i);
-                        for v in j.split(',') {
-                            if i == 1 { n += 1; }
-                            sum += v.len() as u64;
-                        }
-                    }
-                }
-            }
-            "sig-only" => {
-                let sql = "SELECT c.rowid, c.receipt_sig FROM served_claims c
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1 AND ticket < ?)
-             ORDER BY c.ticket";
-                let mut rows = sqlx::query(sql).bind(limit).fetch(&mut conn);
-                while let Some(_r) = rows.try_next().await? {
-                    n += 1;
-                }
-            }
-            "verify" => {
-                let id = identity("client", 1);
-                let body = ReceiptBody {
-                    ticket_id: ticket_id(5),
-                    content: manifest(1).content_id(),
-                    node: identity("node", 3).peer_id(),
-                    fragments: 2,
-                    bytes: 5000,
-                    seq: 2,
-                    time: T0,
-                };
-                let msg = encode(&body);
-                let sig = id.sign(ReceiptBody::DOMAIN, &msg);
-                let signer = id.peer_id();
-                let t = Instant::now();
-                for _ in 0..20_000 {
-                    overlay::identity::verify(&signer, ReceiptBody::DOMAIN, &msg, &sig)?;
-                }
-                println!("verify: {:.1} us", t.elapsed().as_secs_f64() / 20_000.0 * 1e6);
-                let t = Instant::now();
-                for _ in 0..20_000 {
-                    n += overlay::identity::verifying_key_of(&signer).is_ok() as u64;
-                }
-                println!("key of: {:.1} us", t.elapsed().as_secs_f64() / 20_000.0 * 1e6);
-                let s = signer.to_string();
-                let t = Instant::now();
-                for _ in 0..20_000 {
-                    n += <PeerId as std::str::FromStr>::from_str(&s).is_ok() as u64;
-                }
-                println!("peer parse: {:.1} us", t.elapsed().as_secs_f64() / 20_000.0 * 1e6);
-            }
-            _ => anyhow::bail!("probe?"),
-        }
-        println!("{which}: {n} rows ({sum}) in {:.2} s, cpu {:.2} s", started.elapsed().as_secs_f64(), cpu_secs() - cpu);
-        anyhow::Ok(())
-    })
 }

@@ -163,15 +163,34 @@ impl Drop for Timed<'_> {
     }
 }
 
-/// The tally of `node`, allocating its key only the first time.
-fn tally<'t>(
-    tallies: &'t mut std::collections::HashMap<String, Tally>,
-    node: &str,
-) -> &'t mut Tally {
-    if !tallies.contains_key(node) {
-        tallies.insert(node.to_string(), Tally::default());
+/// Every node's tally, looked up with one hash of the node ID per claim.
+#[derive(Default)]
+struct Tallies {
+    index: std::collections::HashMap<String, usize>,
+    tallies: Vec<Tally>,
+}
+
+impl Tallies {
+    /// The tally of `node`, created empty the first time.
+    fn of(&mut self, node: &str) -> &mut Tally {
+        let i = match self.index.get(node) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(node.to_string(), self.tallies.len());
+                self.tallies.push(Tally::default());
+                self.tallies.len() - 1
+            }
+        };
+        &mut self.tallies[i]
     }
-    tallies.get_mut(node).expect("inserted above")
+
+    /// Takes the tally of `node` (empty if it has none).
+    fn take(&mut self, node: &str) -> Tally {
+        self.index
+            .get(node)
+            .map(|&i| std::mem::take(&mut self.tallies[i]))
+            .unwrap_or_default()
+    }
 }
 
 /// A verdict as stored, counted by kind.
@@ -284,6 +303,293 @@ fn receipt_signature_holds(
     .is_ok()
 }
 
+/// Receipt signatures checked in depth ahead of the core, on worker threads.
+///
+/// The core decides per claim of a sold ticket, with one draw from the run's RNG (or always, for
+/// a watched node), whether to verify its receipt signature: about 100 µs each, most of a large
+/// run's CPU time. Tickets therefore wait in a short window between reading and the core. When a
+/// ticket enters it, the draws the core will make for it are taken from the RNG in the core's
+/// order and queued, and the claims they select are verified on worker threads; when it leaves,
+/// the core gets the queued draws (then the RNG's next ones) and the answers (verifying on the
+/// spot any claim the forecast missed). The core so sees exactly the RNG's sequence and real
+/// verifications: its results are those of checking inline, only the CPU time moves.
+mod ahead {
+    use std::collections::{BTreeSet, VecDeque};
+    use std::sync::{Arc, Mutex, mpsc};
+
+    use rand::RngExt;
+
+    use crate::db::{ClaimRow, SaleRow};
+
+    /// Tickets waiting between reading and the core.
+    const WINDOW: usize = 256;
+
+    /// One ticket's claims as read.
+    pub struct TicketClaims {
+        pub hex: String,
+        pub id: [u8; 16],
+        pub sale: Option<SaleRow>,
+        /// As [`ClaimRow::unpack`] reads them.
+        pub packed: String,
+    }
+
+    /// A ticket leaving the window.
+    pub struct Ready {
+        pub claims: Arc<TicketClaims>,
+        /// Signatures verified ahead: `(claim index in node order, whether it holds)`.
+        pub verified: Vec<(usize, bool)>,
+    }
+
+    struct Waiting {
+        claims: Arc<TicketClaims>,
+        verified: Option<mpsc::Receiver<Vec<(usize, bool)>>>,
+    }
+
+    type Job = (
+        Arc<TicketClaims>,
+        Vec<usize>,
+        mpsc::SyncSender<Vec<(usize, bool)>>,
+    );
+
+    /// The window, the draws taken ahead of the core, and the checking threads.
+    pub struct Lookahead<'r, R: ?Sized> {
+        rng: &'r mut R,
+        drawn: VecDeque<u64>,
+        rate: f64,
+        window: VecDeque<Waiting>,
+        jobs: Option<mpsc::SyncSender<Job>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl<'r, R: rand::Rng + ?Sized> Lookahead<'r, R> {
+        pub fn new(rng: &'r mut R, deep_check_rate: f64) -> Self {
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+            let (jobs, queue) = mpsc::sync_channel::<Job>(WINDOW);
+            let queue = Arc::new(Mutex::new(queue));
+            let threads: Vec<_> = (0..workers)
+                .filter_map(|i| {
+                    let queue = queue.clone();
+                    std::thread::Builder::new()
+                        .name(format!("receipt-check-{i}"))
+                        .spawn(move || {
+                            loop {
+                                let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                                let Ok((claims, picks, reply)) = job else {
+                                    return;
+                                };
+                                let _ = reply.send(verify(&claims, &picks));
+                            }
+                        })
+                        .ok()
+                })
+                .collect();
+            Self {
+                rng,
+                drawn: VecDeque::new(),
+                rate: deep_check_rate,
+                // Without a thread every check runs inline.
+                jobs: (!threads.is_empty()).then_some(jobs),
+                window: VecDeque::with_capacity(WINDOW + 1),
+                threads,
+            }
+        }
+
+        /// Takes `claims` into the window: its draws now, its checks to the threads. Returns the
+        /// ticket leaving the window, if it is full.
+        pub fn push(&mut self, claims: TicketClaims, watched: &BTreeSet<&str>) -> Option<Ready> {
+            let claims = Arc::new(claims);
+            let picks = self.forecast(&claims, watched);
+            let verified = (!picks.is_empty())
+                .then(|| {
+                    let (reply, answer) = mpsc::sync_channel(1);
+                    // A full queue: the core checks these itself.
+                    self.jobs
+                        .as_ref()?
+                        .try_send((claims.clone(), picks, reply))
+                        .ok()?;
+                    Some(answer)
+                })
+                .flatten();
+            self.window.push_back(Waiting { claims, verified });
+            (self.window.len() > WINDOW).then(|| self.pop()).flatten()
+        }
+
+        /// The oldest ticket in the window, waiting for its checks.
+        pub fn pop(&mut self) -> Option<Ready> {
+            let w = self.window.pop_front()?;
+            Some(Ready {
+                claims: w.claims,
+                verified: w.verified.and_then(|a| a.recv().ok()).unwrap_or_default(),
+            })
+        }
+
+        /// The RNG as the core must see it: the draws taken ahead first.
+        pub fn rng(&mut self) -> Draws<'_, 'r, R> {
+            Draws(self)
+        }
+
+        /// Whether every draw taken ahead went to the core (the forecast matched the core).
+        pub fn settled(&self) -> bool {
+            self.drawn.is_empty() && self.window.is_empty()
+        }
+
+        /// Draws, as the core will, whether each claim is checked in depth; returns the claims
+        /// drawn (indices in node order).
+        fn forecast(&mut self, t: &TicketClaims, watched: &BTreeSet<&str>) -> Vec<usize> {
+            // The core settles unsold tickets (or leaves them pending) without a draw.
+            if t.sale.is_none() {
+                return Vec::new();
+            }
+            // Then, claim by claim: `watched.contains(node) || rng.random_bool(rate)`.
+            let rate = self.rate;
+            let mut draw = || Record(&mut *self).random_bool(rate);
+            if watched.is_empty() {
+                return (0..t.packed.split(',').count())
+                    .filter(|_| draw())
+                    .collect();
+            }
+            let Ok(claims) = ClaimRow::unpack(&t.packed) else {
+                return Vec::new();
+            };
+            (0..claims.len())
+                .filter(|&i| watched.contains(claims[i].node) || draw())
+                .collect()
+        }
+    }
+
+    impl<R: ?Sized> Drop for Lookahead<'_, R> {
+        fn drop(&mut self) {
+            drop(self.jobs.take());
+            self.window.clear();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Verifies the picked claims whose receipt the core would verify.
+    fn verify(t: &TicketClaims, picks: &[usize]) -> Vec<(usize, bool)> {
+        let Ok(claims) = ClaimRow::unpack(&t.packed) else {
+            return Vec::new();
+        };
+        let client = t.sale.as_ref().map(|s| s.client.as_str());
+        picks
+            .iter()
+            .filter_map(|&i| {
+                let c = claims.get(i)?;
+                let r = c.receipt.as_ref().filter(|r| Some(r.signer) == client)?;
+                Some((
+                    i,
+                    super::receipt_signature_holds(&t.hex, c.content, c.node, r),
+                ))
+            })
+            .collect()
+    }
+
+    /// The run's RNG for the core: the draws taken ahead, then fresh ones.
+    pub struct Draws<'a, 'r, R: ?Sized>(&'a mut Lookahead<'r, R>);
+
+    impl<R: rand::Rng + ?Sized> rand::TryRng for Draws<'_, '_, R> {
+        type Error = std::convert::Infallible;
+
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            Ok(match self.0.drawn.pop_front() {
+                Some(v) => v,
+                None => self.0.rng.next_u64(),
+            })
+        }
+
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            assert!(
+                self.0.drawn.is_empty(),
+                "the reconciliation core drew a u32 while u64 draws were taken ahead for it"
+            );
+            Ok(self.0.rng.next_u32())
+        }
+
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            assert!(
+                self.0.drawn.is_empty(),
+                "the reconciliation core drew bytes while u64 draws were taken ahead for it"
+            );
+            self.0.rng.fill_bytes(dst);
+            Ok(())
+        }
+    }
+
+    /// The RNG for the forecast: every draw is queued for the core.
+    struct Record<'a, 'r, R: ?Sized>(&'a mut Lookahead<'r, R>);
+
+    impl<R: rand::Rng + ?Sized> rand::TryRng for Record<'_, '_, R> {
+        type Error = std::convert::Infallible;
+
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            let v = self.0.rng.next_u64();
+            self.0.drawn.push_back(v);
+            Ok(v)
+        }
+
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            unreachable!("a Bernoulli draw takes a u64")
+        }
+
+        fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), Self::Error> {
+            unreachable!("a Bernoulli draw takes a u64")
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        use super::*;
+
+        fn ticket(claims: &[&str], sold: bool) -> TicketClaims {
+            TicketClaims {
+                hex: "00".repeat(16),
+                id: [0; 16],
+                sale: sold.then(|| SaleRow {
+                    client: "client".into(),
+                    allowance: 1 << 30,
+                    not_after: 1_000,
+                    source: "issued".into(),
+                }),
+                packed: claims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, node)| format!("{i} {node} c 10 1 1 5 0 1 client 10 1 1 5 00"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+        }
+
+        #[test]
+        fn the_core_sees_the_rngs_own_sequence_whatever_was_drawn_ahead() {
+            let mut plain = StdRng::seed_from_u64(7);
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut ahead = Lookahead::new(&mut rng, 0.5);
+            // Three draws for a sold ticket, none for an unsold one or a watched node.
+            let watched = BTreeSet::from(["b"]);
+            assert!(
+                ahead
+                    .push(ticket(&["a", "b", "c", "d"], true), &watched)
+                    .is_none()
+            );
+            assert!(ahead.push(ticket(&["a", "c"], false), &watched).is_none());
+            assert_eq!(ahead.drawn.len(), 3);
+            let seen: Vec<u64> = (0..5).map(|_| ahead.rng().next_u64()).collect();
+            let expected: Vec<u64> = (0..5).map(|_| plain.next_u64()).collect();
+            assert_eq!(seen, expected);
+            // The picked claims carry a receipt by the client, but not a valid signature.
+            let first = ahead.pop().expect("queued");
+            assert!(first.verified.iter().all(|&(i, holds)| i < 4 && !holds));
+            assert!(ahead.pop().expect("queued").verified.is_empty());
+            assert!(ahead.settled());
+        }
+    }
+}
+
 /// Runs one reconciliation over everything ingested since the last run, settles pay, and
 /// writes verdicts, ledger entries, pay states and closed placements in one transaction.
 pub async fn reconcile<R: rand::Rng + Send>(
@@ -365,7 +671,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         );
     }
 
-    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    let mut tallies = Tallies::default();
     let mut writes = crate::db::RunWrites {
         started_at: now,
         period_from,
@@ -390,127 +696,154 @@ pub async fn reconcile<R: rand::Rng + Send>(
     let mut failure: Option<anyhow::Error> = None;
     phases.end("load");
     let mut core_time = Duration::ZERO;
-    db.dirty_claims(|ticket_hex, sale, group| {
+    let mut ahead = ahead::Lookahead::new(rng, rc.deep_check_rate);
+    let mut settle =
+        |ticket: ahead::Ready, rng: &mut ahead::Draws<'_, '_, R>| -> anyhow::Result<()> {
+            let t = &*ticket.claims;
+            let group = crate::db::ClaimRow::unpack(&t.packed)?;
+            let first = &group[0];
+            let meta = contents.get(first.content);
+            let content_assigned = assigned.get(first.content);
+            let case = TicketCase {
+                ticket: t.id,
+                content: first.content.to_string(),
+                sale: t.sale.as_ref().map(|s| Sale {
+                    client: s.client.as_str(),
+                    allowance: s.allowance,
+                    not_after: s.not_after,
+                    kind: match s.source.as_str() {
+                        "repair" => SaleKind::Repair,
+                        "uploaded" => SaleKind::Uploaded,
+                        _ => SaleKind::Issued,
+                    },
+                }),
+                claims: group
+                    .iter()
+                    .map(|c| ServedClaim {
+                        node: c.node,
+                        bytes: c.bytes,
+                        fragments: c.fragments,
+                        receipt: c.receipt.as_ref().map(|r| ReceiptFacts {
+                            signer: r.signer,
+                            bytes: r.bytes,
+                            fragments: r.fragments,
+                            seq: r.seq,
+                            time: r.time,
+                        }),
+                        paid_bytes: c.paid_bytes,
+                        first_seen: c.first_seen,
+                        report_seq: c.report_seq,
+                        assigned: content_assigned
+                            .and_then(|a| a.get(c.node))
+                            .copied()
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+                completion: completions.get(&t.hex).map(|c| Completion {
+                    id: c.id,
+                    time: c.time,
+                    per_node: c.per_node.iter().map(|(n, b)| (n.as_str(), *b)).collect(),
+                }),
+                assigned_total: content_assigned.map_or(0, |a| a.values().sum()),
+                fragment_size: meta.map_or(0, |m| m.largest_fragment),
+                k: meta.map_or(0, |m| m.manifest.k() as u32),
+                n: meta.map_or(0, |m| m.manifest.target() as u32),
+            };
+            let result = reconcile_ticket(rc, &case, now, &watched, rng, |claim| {
+                let Some(i) = group.iter().position(|c| c.node == claim.node) else {
+                    return false;
+                };
+                match ticket.verified.iter().find(|&&(j, _)| j == i) {
+                    Some(&(_, holds)) => holds,
+                    None => group[i].receipt.as_ref().is_some_and(|r| {
+                        receipt_signature_holds(&t.hex, group[i].content, group[i].node, r)
+                    }),
+                }
+            });
+            if result.pending {
+                pending += 1;
+                return Ok(());
+            }
+            let flagged: BTreeSet<&str> = result.verdicts.iter().filter_map(|v| v.node).collect();
+            for (row, r) in group.iter().zip(&result.claims) {
+                claims += 1;
+                deep += u64::from(r.deep_checked);
+                if !flagged.contains(row.node) {
+                    confirmed += 1;
+                }
+                confirmed_bytes += u128::from(r.pay);
+                writes.claims.push((row.rowid, r.confirmed, row.report_seq));
+                let t = tallies.of(row.node);
+                match r.service {
+                    ServiceKind::Served => t.served += r.pay,
+                    ServiceKind::Repair => t.repair += r.pay,
+                }
+            }
+            for v in &result.verdicts {
+                writes.verdicts.push(new_verdict(&mut by_kind, v)?);
+                match v.outcome {
+                    crate::reconcile::Outcome::Conflict => conflicts += 1,
+                    crate::reconcile::Outcome::SuspectedCollusion => suspected += 1,
+                }
+                let Some(node) = v.node else { continue };
+                let t = tallies.of(node);
+                if v.offence {
+                    t.conflicts += 1;
+                    let rate = if case
+                        .sale
+                        .as_ref()
+                        .is_some_and(|s| s.kind == SaleKind::Repair)
+                    {
+                        repair_rate
+                    } else {
+                        served_rate
+                    };
+                    t.conflict_value += rate_value(v.amount, rate, u128::from(GB));
+                }
+                if v.outcome == crate::reconcile::Outcome::SuspectedCollusion {
+                    t.suspected += 1;
+                }
+            }
+            Ok(())
+        };
+    db.dirty_claims(|hex, sale, packed| {
         let _timed = Timed(&mut core_time, std::time::Instant::now());
         if failure.is_some() {
             return;
         }
         tickets += 1;
-        let first = &group[0];
-        let mut ticket = [0u8; 16];
-        if hex::decode_to_slice(ticket_hex, &mut ticket).is_err() {
-            tracing::warn!(
-                ticket = ticket_hex,
-                "claims under a malformed ticket ID skipped"
-            );
+        let mut id = [0u8; 16];
+        if hex::decode_to_slice(&hex, &mut id).is_err() {
+            tracing::warn!(ticket = hex, "claims under a malformed ticket ID skipped");
             return;
         }
-        let meta = contents.get(first.content);
-        let content_assigned = assigned.get(first.content);
-        let case = TicketCase {
-            ticket,
-            content: first.content.to_string(),
-            sale: sale.as_ref().map(|s| Sale {
-                client: s.client,
-                allowance: s.allowance,
-                not_after: s.not_after,
-                kind: match s.source {
-                    "repair" => SaleKind::Repair,
-                    "uploaded" => SaleKind::Uploaded,
-                    _ => SaleKind::Issued,
-                },
-            }),
-            claims: group
-                .iter()
-                .map(|c| ServedClaim {
-                    node: c.node,
-                    bytes: c.bytes,
-                    fragments: c.fragments,
-                    receipt: c.receipt.as_ref().map(|r| ReceiptFacts {
-                        signer: r.signer,
-                        bytes: r.bytes,
-                        fragments: r.fragments,
-                        seq: r.seq,
-                        time: r.time,
-                    }),
-                    paid_bytes: c.paid_bytes,
-                    first_seen: c.first_seen,
-                    report_seq: c.report_seq,
-                    assigned: content_assigned
-                        .and_then(|a| a.get(c.node))
-                        .copied()
-                        .unwrap_or(0),
-                })
-                .collect(),
-            completion: completions.get(ticket_hex).map(|c| Completion {
-                id: c.id,
-                time: c.time,
-                per_node: c.per_node.iter().map(|(n, b)| (n.as_str(), *b)).collect(),
-            }),
-            assigned_total: content_assigned.map_or(0, |a| a.values().sum()),
-            fragment_size: meta.map_or(0, |m| m.largest_fragment),
-            k: meta.map_or(0, |m| m.manifest.k() as u32),
-            n: meta.map_or(0, |m| m.manifest.target() as u32),
+        let ticket = ahead::TicketClaims {
+            hex,
+            id,
+            sale,
+            packed,
         };
-        let result = reconcile_ticket(rc, &case, now, &watched, rng, |claim| {
-            group
-                .iter()
-                .find(|c| c.node == claim.node)
-                .and_then(|c| c.receipt.as_ref().map(|r| (c, r)))
-                .is_some_and(|(c, r)| receipt_signature_holds(ticket_hex, c.content, c.node, r))
-        });
-        if result.pending {
-            pending += 1;
-            return;
-        }
-        let flagged: BTreeSet<&str> = result.verdicts.iter().filter_map(|v| v.node).collect();
-        for (row, r) in group.iter().zip(&result.claims) {
-            claims += 1;
-            deep += u64::from(r.deep_checked);
-            if !flagged.contains(row.node) {
-                confirmed += 1;
-            }
-            confirmed_bytes += u128::from(r.pay);
-            writes.claims.push((row.rowid, r.confirmed, row.report_seq));
-            let t = tally(&mut tallies, row.node);
-            match r.service {
-                ServiceKind::Served => t.served += r.pay,
-                ServiceKind::Repair => t.repair += r.pay,
-            }
-        }
-        for v in &result.verdicts {
-            match new_verdict(&mut by_kind, v) {
-                Ok(verdict) => writes.verdicts.push(verdict),
-                Err(e) => {
-                    failure = Some(e);
-                    return;
-                }
-            }
-            match v.outcome {
-                crate::reconcile::Outcome::Conflict => conflicts += 1,
-                crate::reconcile::Outcome::SuspectedCollusion => suspected += 1,
-            }
-            let Some(node) = v.node else { continue };
-            let t = tally(&mut tallies, node);
-            if v.offence {
-                t.conflicts += 1;
-                let rate = if case
-                    .sale
-                    .as_ref()
-                    .is_some_and(|s| s.kind == SaleKind::Repair)
-                {
-                    repair_rate
-                } else {
-                    served_rate
-                };
-                t.conflict_value += rate_value(v.amount, rate, u128::from(GB));
-            }
-            if v.outcome == crate::reconcile::Outcome::SuspectedCollusion {
-                t.suspected += 1;
-            }
+        if let Some(ready) = ahead.push(ticket, &watched)
+            && let Err(e) = settle(ready, &mut ahead.rng())
+        {
+            failure = Some(e);
         }
     })
     .await?;
+    let drained = std::time::Instant::now();
+    while failure.is_none()
+        && let Some(ready) = ahead.pop()
+    {
+        if let Err(e) = settle(ready, &mut ahead.rng()) {
+            failure = Some(e);
+        }
+    }
+    core_time += drained.elapsed();
+    debug_assert!(
+        failure.is_some() || ahead.settled(),
+        "draws taken ahead were left over: the forecast no longer matches the core"
+    );
+    drop(ahead);
     if let Some(e) = failure {
         return Err(e);
     }
@@ -572,7 +905,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
                 .collect();
             let result = reconcile_storage(&node, Some(&claim), &records, period_from, period_to);
             storage_nodes += 1;
-            let t = tally(&mut tallies, node);
+            let t = tallies.of(node);
             match failed_audits.get(node) {
                 // Storage pay is lost for the period; reconciliation still closes what is lost.
                 Some(&offence) => {
@@ -658,7 +991,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
     let total_nodes = facts.len().max(1) as f64;
     let mut inputs = Vec::with_capacity(facts.len());
     for (node, registered_at, _reported_bps, observed_bps, addrs) in &facts {
-        let tally = tallies.remove(node).unwrap_or_default();
+        let tally = tallies.take(node);
         let ledger = ledgers.get(node).cloned().unwrap_or_default();
         let events = ledger
             .events

@@ -482,7 +482,8 @@ pub(crate) fn ledger_row(r: sqlx::sqlite::SqliteRow) -> LedgerRow {
     }
 }
 
-/// A served claim as read for reconciliation (borrowed from the ticket's row).
+/// A served claim as read for reconciliation, borrowed from its ticket's packed claims (see
+/// [`Db::dirty_claims`] and [`ClaimRow::unpack`]).
 #[derive(Clone, Debug)]
 pub struct ClaimRow<'a> {
     pub rowid: i64,
@@ -518,11 +519,11 @@ impl ReceiptRow<'_> {
 
 /// A sales record as reconciliation needs it.
 #[derive(Clone, Debug)]
-pub struct SaleRow<'a> {
-    pub client: &'a str,
+pub struct SaleRow {
+    pub client: String,
     pub allowance: u64,
     pub not_after: u64,
-    pub source: &'a str,
+    pub source: String,
 }
 
 /// A placement as storage reconciliation needs it.
@@ -591,6 +592,19 @@ const CLAIM_FIELDS: &str = "format('%d %s %s %d %d %d %d %d %d %s %d %d %d %d %s
         c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL, ifnull(c.receipt_signer, ''),
         c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig))";
 
+impl<'a> ClaimRow<'a> {
+    /// The claims of one ticket as [`Db::dirty_claims`] packs them, in node order (the order of
+    /// the `(ticket, node)` key, which the core's random draws follow).
+    pub fn unpack(packed: &'a str) -> Result<Vec<Self>, DbError> {
+        let mut claims = packed
+            .split(',')
+            .map(|c| parse_claim(c).ok_or_else(|| DbError::Corrupt(format!("packed claim `{c}`"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        claims.sort_by(|a, b| a.node.cmp(b.node));
+        Ok(claims)
+    }
+}
+
 /// Parses one claim packed by [`CLAIM_FIELDS`].
 fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
     let mut f = packed.split(' ');
@@ -630,13 +644,14 @@ fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
 
 impl Db {
     /// Every claim under a ticket that has a claim changed since the last run, ticket by ticket
-    /// in ticket order: `each(ticket, sales record, claims in node order)`.
+    /// in ticket order: `each(ticket, sales record, claims)`, the claims packed into one text
+    /// that [`ClaimRow::unpack`] reads.
     ///
-    /// One row per ticket with its claims packed into one text: at millions of claims per run,
-    /// the per-row and per-column cost of the driver dominated the reading.
+    /// One row per ticket rather than per claim: at millions of claims per run, the driver's cost
+    /// per row and per column dominated the reading.
     pub async fn dirty_claims(
         &self,
-        mut each: impl FnMut(&str, Option<SaleRow<'_>>, Vec<ClaimRow<'_>>),
+        mut each: impl FnMut(String, Option<SaleRow>, String),
     ) -> Result<(), DbError> {
         use futures::TryStreamExt;
         let sql = format!(
@@ -647,25 +662,13 @@ impl Db {
         );
         let mut rows = sqlx::query(&sql).fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
-            let ticket: &str = r.get(0);
-            let packed: &str = r.get(5);
-            let mut claims = packed
-                .split(',')
-                .map(|c| {
-                    parse_claim(c).ok_or_else(|| {
-                        DbError::Corrupt(format!("claim under ticket {ticket}: `{c}`"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // The order of the (ticket, node) key, which the core's random draws follow.
-            claims.sort_by(|a, b| a.node.cmp(b.node));
-            let sale = r.get::<Option<&str>, _>(1).map(|client| SaleRow {
+            let sale = r.get::<Option<String>, _>(1).map(|client| SaleRow {
                 client,
                 allowance: u(r.get::<Option<i64>, _>(2).unwrap_or(0)),
                 not_after: u(r.get::<Option<i64>, _>(3).unwrap_or(0)),
-                source: r.get::<Option<&str>, _>(4).unwrap_or_default(),
+                source: r.get::<Option<String>, _>(4).unwrap_or_default(),
             });
-            each(ticket, sale, claims);
+            each(r.get(0), sale, r.get(5));
         }
         Ok(())
     }
@@ -896,14 +899,7 @@ impl Db {
 
     /// Writes a reconciliation run in one transaction; returns the run's ID.
     pub async fn write_run(&self, w: &RunWrites) -> Result<i64, DbError> {
-        let t0 = std::time::Instant::now(); // TEMP
-        let mut conn = self.pool.acquire().await?;
-        if let Ok(c) = std::env::var("CCDS_TMP_CACHE") {
-            sqlx::query(&format!("PRAGMA cache_size = {c}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.pool.begin().await?;
         let run: i64 = sqlx::query(
             "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -932,7 +928,6 @@ impl Db {
             q.build().execute(&mut *tx).await?;
         }
 
-        eprintln!("TEMP claims update {:?}", t0.elapsed());
         for chunk in w.verdicts.chunks(1_000) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO verdicts (run, node, client, ticket, outcome, kind, amount, offence, evidence, at) ",
@@ -974,9 +969,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        eprintln!("TEMP before commit {:?}", t0.elapsed());
         tx.commit().await?;
-        eprintln!("TEMP commit {:?}", t0.elapsed());
         Ok(run)
     }
 
