@@ -700,15 +700,6 @@ impl Db {
             .collect())
     }
 
-    /// Nodes whose holdings were listed at or after `since`.
-    pub async fn holdings_since(&self, since: u64) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query("SELECT node FROM node_holdings WHERE at >= ? ORDER BY node")
-            .bind(since as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
-    }
-
     /// A node's latest holdings: `(report_seq, at, encoded list)`.
     pub async fn holdings(&self, node: &str) -> Result<Option<(u64, u64, Vec<u8>)>, DbError> {
         Ok(
@@ -738,7 +729,7 @@ impl Db {
         )
         .bind(since as i64)
         .fetch(&mut *holdings_conn);
-        // Within a node, the order of `placements_undeleted`, which `node_placements` reads.
+        // Within a node, the order of `placements_undeleted`, by node.
         let mut placements = sqlx::query(
             "SELECT node, content, segment, idx, placed_at, removed_at FROM placements
              WHERE removed_at IS NULL OR removed_at > ?
@@ -776,32 +767,6 @@ impl Db {
             each(node, (u(h.get(1)), u(h.get(2)), h.get(3)), list);
         }
         Ok(())
-    }
-
-    /// A node's placements that were active at any time since `since`.
-    pub async fn node_placements(
-        &self,
-        node: &str,
-        since: u64,
-    ) -> Result<Vec<PlacementRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT content, segment, idx, placed_at, removed_at FROM placements
-             WHERE node = ? AND (removed_at IS NULL OR removed_at > ?)",
-        )
-        .bind(node)
-        .bind(since as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PlacementRow {
-                content: r.get(0),
-                segment: u(r.get(1)) as u32,
-                index: u(r.get(2)) as u16,
-                placed_at: u(r.get(3)),
-                removed_at: r.get::<Option<i64>, _>(4).map(u),
-            })
-            .collect())
     }
 
     /// Nodes with a failed audit in `(from, to]` (a run ends at `to`, so an audit in its last
