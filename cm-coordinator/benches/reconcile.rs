@@ -12,7 +12,7 @@
 //! Seeding (minutes: 10 M Ed25519 signatures) writes `CCDS_BENCH_DB` (default
 //! `/var/tmp/ccds-bench/reconcile.db`) and a `.meta.json` beside it; a later run reuses the file
 //! when the sizes match. Each measurement works on a fresh copy (`…-run.db`), because a run
-//! marks the claims clean. The measured runs happen in a child process (this binary re-executed)
+//! settles the dirty tickets. The measured runs happen in a child process (this binary re-executed)
 //! so that the reported peak RSS (VmHWM) is the run's, not the seeding's.
 //!
 //! Sizes (environment): `CCDS_BENCH_RECEIPTS` (10,000,000), `CCDS_BENCH_NODES` (100,000),
@@ -37,7 +37,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 
 /// Bump when the seeded world changes, so that an old file is not reused.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// The seeded world's present, Unix seconds.
 const T0: u64 = 1_750_000_000;
 const DAY: u64 = 86_400;
@@ -224,7 +224,7 @@ fn main() -> anyhow::Result<()> {
     let db_bytes = std::fs::metadata(&path)?.len();
     println!("database size: {:.2} GiB", gib(db_bytes));
 
-    // Work on a copy: a run marks the claims clean.
+    // Work on a copy: a run settles the dirty tickets.
     let run_path = with_suffix(&path, "-run.db");
     remove_db(&run_path)?;
     let copied = Instant::now();
@@ -553,8 +553,8 @@ async fn seed(path: &Path, sizes: &Sizes) -> anyhow::Result<()> {
                     insert_rows(
                         &mut tx,
                         "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at,
-                             receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig, dirty)",
-                        15,
+                             receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig)",
+                        14,
                         &seeds,
                         |q, s| {
                             let bytes = (u64::from(s.fragments) * flen) as i64;
@@ -573,8 +573,16 @@ async fn seed(path: &Path, sizes: &Sizes) -> anyhow::Result<()> {
                                 .bind(fragments)
                                 .bind((ticket_issued_at(s.ticket) + 600) as i64)
                                 .bind(s.signature.to_vec())
-                                .bind(1i64)
                         },
+                    )
+                    .await?;
+                    // Every ticket has changed claims (no node report yet: mark 0).
+                    insert_rows(
+                        &mut tx,
+                        "INSERT INTO dirty_tickets (ticket, mark)",
+                        2,
+                        &tickets,
+                        |q, &t| q.bind(hex::encode(ticket_id(t))).bind(0i64),
                     )
                     .await?;
                     tx.commit().await?;

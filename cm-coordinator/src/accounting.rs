@@ -331,6 +331,8 @@ mod ahead {
         pub sale: Option<SaleRow>,
         /// As [`ClaimRow::unpack`] reads them.
         pub packed: String,
+        /// The ticket's settlement, as [`ClaimRow::unpack_settled`] reads it.
+        pub paid: Option<String>,
     }
 
     /// A ticket leaving the window.
@@ -558,9 +560,10 @@ mod ahead {
                 packed: claims
                     .iter()
                     .enumerate()
-                    .map(|(i, node)| format!("{i} {node} c 10 1 1 5 0 1 client 10 1 1 5 00"))
+                    .map(|(i, node)| format!("{i} {node} c 10 1 1 5 1 client 10 1 1 5 00"))
                     .collect::<Vec<_>>()
                     .join(","),
+                paid: None,
             }
         }
 
@@ -615,6 +618,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
     let policy = &config.pay;
     let period_from = db.last_run_end().await?;
     let period_to = now.max(period_from);
+    let mark = db.dirty_mark().await?;
 
     let mut contents: HashMap<String, ContentFacts> = HashMap::new();
     for row in db.all_contents().await? {
@@ -650,7 +654,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         .map(|(n, _)| n.as_str())
         .collect();
     let mut completions: HashMap<String, Completion<String>> = HashMap::new();
-    for (ticket, id, report, at) in db.dirty_completions().await? {
+    for (ticket, id, report, at) in db.dirty_completions(mark).await? {
         let Ok(report) = postcard::from_bytes::<overlay::receipt::CompletionReport>(&report) else {
             tracing::warn!(ticket, id, "unreadable completion report skipped");
             continue;
@@ -676,6 +680,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         started_at: now,
         period_from,
         period_to,
+        settled_upto: mark,
         ..Default::default()
     };
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
@@ -700,7 +705,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
     let mut settle =
         |ticket: ahead::Ready, rng: &mut ahead::Draws<'_, '_, R>| -> anyhow::Result<()> {
             let t = &*ticket.claims;
-            let group = crate::db::ClaimRow::unpack(&t.packed)?;
+            let group = crate::db::ClaimRow::unpack_settled(&t.packed, t.paid.as_deref())?;
             let first = &group[0];
             let meta = contents.get(first.content);
             let content_assigned = assigned.get(first.content);
@@ -762,7 +767,20 @@ pub async fn reconcile<R: rand::Rng + Send>(
             });
             if result.pending {
                 pending += 1;
+                writes.pending.push(t.hex.clone());
                 return Ok(());
+            }
+            if group
+                .iter()
+                .zip(&result.claims)
+                .any(|(row, r)| r.confirmed != row.paid_bytes)
+            {
+                let paid = group.iter().zip(&result.claims);
+                if let Some(packed) =
+                    crate::db::ClaimRow::pack_settled(paid.map(|(row, r)| (row.rowid, r.confirmed)))
+                {
+                    writes.settled.push((t.hex.clone(), packed));
+                }
             }
             let flagged: BTreeSet<&str> = result.verdicts.iter().filter_map(|v| v.node).collect();
             for (row, r) in group.iter().zip(&result.claims) {
@@ -772,7 +790,6 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     confirmed += 1;
                 }
                 confirmed_bytes += u128::from(r.pay);
-                writes.claims.push((row.rowid, r.confirmed, row.report_seq));
                 let t = tallies.of(row.node);
                 match r.service {
                     ServiceKind::Served => t.served += r.pay,
@@ -806,22 +823,26 @@ pub async fn reconcile<R: rand::Rng + Send>(
             }
             Ok(())
         };
-    db.dirty_claims(|hex, sale, packed| {
+    db.dirty_claims(mark, |dirty| {
         let _timed = Timed(&mut core_time, std::time::Instant::now());
         if failure.is_some() {
             return;
         }
         tickets += 1;
         let mut id = [0u8; 16];
-        if hex::decode_to_slice(&hex, &mut id).is_err() {
-            tracing::warn!(ticket = hex, "claims under a malformed ticket ID skipped");
+        if hex::decode_to_slice(&dirty.hex, &mut id).is_err() {
+            tracing::warn!(
+                ticket = dirty.hex,
+                "claims under a malformed ticket ID skipped"
+            );
             return;
         }
         let ticket = ahead::TicketClaims {
-            hex,
+            hex: dirty.hex,
             id,
-            sale,
-            packed,
+            sale: dirty.sale,
+            packed: dirty.packed,
+            paid: dirty.paid,
         };
         if let Some(ready) = ahead.push(ticket, &watched)
             && let Err(e) = settle(ready, &mut ahead.rng())
@@ -1118,8 +1139,6 @@ pub async fn reconcile<R: rand::Rng + Send>(
         "ledger_entries": writes.entries.len(),
         "revenue": revenue,
     });
-    // Claims were read in ticket order; the update is cheapest in table order.
-    writes.claims.sort_unstable_by_key(|&(rowid, _, _)| rowid);
     phases.end("entries");
     let run = db.write_run(&writes).await?;
     phases.end("write");

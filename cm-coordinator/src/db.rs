@@ -13,8 +13,8 @@ use sqlx::{Row, SqlitePool};
 
 mod accounting;
 pub use accounting::{
-    AuditRow, ClaimRow, Ingested, LedgerRow, NewEntry, NewVerdict, NodeLedger, PlacementRow,
-    ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
+    AuditRow, ClaimRow, DirtyTicket, Ingested, LedgerRow, NewEntry, NewVerdict, NodeLedger,
+    PlacementRow, ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
 };
 
 /// Storage errors.

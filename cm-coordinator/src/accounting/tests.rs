@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::db::{ContentRow, Db, Ingested, Placement, TicketRow};
+use crate::db::{ClaimRow, ContentRow, Db, Ingested, Placement, TicketRow};
 use crate::policy::{GB, MONTH_SECS};
 
 const T0: u64 = 1_000_000;
@@ -342,4 +342,45 @@ async fn unsold_tickets_wait_for_the_sales_record_and_storage_never_assigned_is_
     );
     // And the placements it no longer lists are closed: the node lost them.
     assert_eq!(run.summary["lost_placements"], 4 - 1);
+}
+
+#[tokio::test]
+async fn a_claim_changed_while_a_run_reads_keeps_its_ticket_dirty() {
+    let mut w = World::new().await;
+    let t1 = T0 + 100;
+    let r = w.report(0, 2, 2 * w.flen, t1);
+    w.ingest(&r, t1).await;
+    let read_upto = w.db.dirty_mark().await.unwrap();
+    let dirty = |db: crate::db::Db| async move {
+        let mark = db.dirty_mark().await.unwrap();
+        let mut tickets = Vec::new();
+        db.dirty_claims(mark, |t| tickets.push(t)).await.unwrap();
+        tickets
+    };
+    assert_eq!(dirty(w.db.clone()).await.len(), 1);
+
+    // Node 1's claim under the same ticket lands after a run read up to `read_upto`.
+    let r = w.report(1, 2, 2 * w.flen, t1);
+    w.ingest(&r, t1).await;
+    let settled = |upto: i64| crate::db::RunWrites {
+        started_at: t1,
+        period_from: T0,
+        period_to: t1,
+        settled_upto: upto,
+        summary: serde_json::json!({}),
+        ..Default::default()
+    };
+    w.db.write_run(&settled(read_upto)).await.unwrap();
+    let left = dirty(w.db.clone()).await;
+    assert_eq!(
+        left.len(),
+        1,
+        "the ticket changed during the run stays dirty"
+    );
+    assert_eq!(ClaimRow::unpack(&left[0].packed).unwrap().len(), 2);
+
+    // A run that read everything settles it.
+    let upto = w.db.dirty_mark().await.unwrap();
+    w.db.write_run(&settled(upto)).await.unwrap();
+    assert!(dirty(w.db.clone()).await.is_empty());
 }

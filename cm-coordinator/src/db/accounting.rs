@@ -109,9 +109,10 @@ impl Db {
             });
         }
         let digest = blake3::hash(&encode(body));
-        sqlx::query(
+        // The report's rowid marks the tickets it changes (see `dirty_tickets`).
+        let mark: i64 = sqlx::query(
             "INSERT INTO node_reports (node, seq, period_from, period_to, received_at, claims, held, upload_bps, online_secs, digest, signature)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
         )
         .bind(&node)
         .bind(body.seq as i64)
@@ -124,8 +125,9 @@ impl Db {
         .bind(online_secs(body) as i64)
         .bind(digest.as_bytes().as_slice())
         .bind(report.signature.to_bytes().as_slice())
-        .execute(&mut *tx)
-        .await?;
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
 
         let (mut new, mut duplicate) = (0u32, 0u32);
         for claim in &body.served {
@@ -165,11 +167,11 @@ impl Db {
             let r = receipt.filter(|_| receipt_is_new);
             sqlx::query(
                 "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at,
-                     receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig, dirty)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                     receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (ticket, node) DO UPDATE SET
                      bytes = excluded.bytes, fragments = excluded.fragments,
-                     report_seq = excluded.report_seq, updated_at = excluded.updated_at, dirty = 1,
+                     report_seq = excluded.report_seq, updated_at = excluded.updated_at,
                      receipt_signer = COALESCE(excluded.receipt_signer, receipt_signer),
                      receipt_bytes = COALESCE(excluded.receipt_bytes, receipt_bytes),
                      receipt_fragments = COALESCE(excluded.receipt_fragments, receipt_fragments),
@@ -191,6 +193,14 @@ impl Db {
             .bind(r.map(|r| r.body.seq.min(i64::MAX as u64) as i64))
             .bind(r.map(|r| r.body.time.min(i64::MAX as u64) as i64))
             .bind(r.map(|r| r.signature.to_bytes().to_vec()))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO dirty_tickets (ticket, mark) VALUES (?, ?)
+                 ON CONFLICT (ticket) DO UPDATE SET mark = excluded.mark",
+            )
+            .bind(&ticket)
+            .bind(mark)
             .execute(&mut *tx)
             .await?;
         }
@@ -517,6 +527,18 @@ impl ReceiptRow<'_> {
     }
 }
 
+/// A ticket with claims to settle, as [`Db::dirty_claims`] reads it.
+#[derive(Clone, Debug)]
+pub struct DirtyTicket {
+    /// The ticket ID, hex.
+    pub hex: String,
+    pub sale: Option<SaleRow>,
+    /// Its claims, as [`ClaimRow::unpack_settled`] reads them.
+    pub packed: String,
+    /// Its settlement, as [`ClaimRow::pack_settled`] wrote it.
+    pub paid: Option<String>,
+}
+
 /// A sales record as reconciliation needs it.
 #[derive(Clone, Debug)]
 pub struct SaleRow {
@@ -543,9 +565,13 @@ pub struct RunWrites {
     pub period_from: u64,
     pub period_to: u64,
     pub summary: serde_json::Value,
-    /// `(rowid, paid_bytes, report_seq read)`: a claim updated since it was read stays dirty. In
-    /// rowid order, the update then walks the table front to back.
-    pub claims: Vec<(i64, u64, u64)>,
+    /// The mark the run settled up to: tickets marked later stay dirty.
+    pub settled_upto: i64,
+    /// `(ticket, settlement)` for the tickets whose paid bytes changed, as
+    /// [`ClaimRow::pack_settled`] packs them.
+    pub settled: Vec<(String, String)>,
+    /// Tickets left for a later run.
+    pub pending: Vec<String>,
     /// `(node, client, ticket, outcome, kind, amount, offence, evidence JSON)`.
     pub verdicts: Vec<NewVerdict>,
     pub entries: Vec<NewEntry>,
@@ -587,8 +613,8 @@ fn u(v: i64) -> u64 {
 /// Columns of one claim, as `dirty_claims` packs them per ticket: space-separated fields, claims
 /// separated by commas. Every text field is an ID the coordinator wrote from a typed value (hex or
 /// base58), so neither separator can occur inside one; NULL numbers read as 0, as `u` does.
-const CLAIM_FIELDS: &str = "format('%d %s %s %d %d %d %d %d %d %s %d %d %d %d %s',
-        c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen, c.paid_bytes,
+const CLAIM_FIELDS: &str = "format('%d %s %s %d %d %d %d %d %s %d %d %d %d %s',
+        c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
         c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL, ifnull(c.receipt_signer, ''),
         c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig))";
 
@@ -603,6 +629,39 @@ impl<'a> ClaimRow<'a> {
         claims.sort_by(|a, b| a.node.cmp(b.node));
         Ok(claims)
     }
+
+    /// As [`ClaimRow::unpack`], with the bytes already paid from the ticket's settlement (see
+    /// [`Db::dirty_claims`]).
+    pub fn unpack_settled(packed: &'a str, paid: Option<&str>) -> Result<Vec<Self>, DbError> {
+        let mut claims = Self::unpack(packed)?;
+        for pair in paid.into_iter().flat_map(|p| p.split(',')) {
+            let parsed = pair
+                .split_once(':')
+                .and_then(|(r, b)| Some((r.parse::<i64>().ok()?, b.parse::<u64>().ok()?)));
+            let Some((rowid, bytes)) = parsed else {
+                return Err(DbError::Corrupt(format!("settled claim `{pair}`")));
+            };
+            // A claim no longer stored has nothing left to pay.
+            if let Some(c) = claims.iter_mut().find(|c| c.rowid == rowid) {
+                c.paid_bytes = bytes;
+            }
+        }
+        Ok(claims)
+    }
+
+    /// A ticket's settlement as [`ClaimRow::unpack_settled`] reads it: `(claim rowid, bytes
+    /// paid)` for the claims with bytes paid. `None`: nothing paid.
+    pub fn pack_settled(paid: impl IntoIterator<Item = (i64, u64)>) -> Option<String> {
+        use std::fmt::Write;
+        let mut packed = String::new();
+        for (rowid, bytes) in paid.into_iter().filter(|&(_, b)| b > 0) {
+            if !packed.is_empty() {
+                packed.push(',');
+            }
+            let _ = write!(packed, "{rowid}:{bytes}");
+        }
+        (!packed.is_empty()).then_some(packed)
+    }
 }
 
 /// Parses one claim packed by [`CLAIM_FIELDS`].
@@ -612,8 +671,7 @@ fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
     let rowid = int()?;
     let (node, content) = (f.next()?, f.next()?);
     let mut int = || f.next()?.parse::<i64>().ok();
-    let (bytes, fragments, report_seq, first_seen, paid_bytes) =
-        (int()?, int()?, int()?, int()?, int()?);
+    let (bytes, fragments, report_seq, first_seen) = (int()?, int()?, int()?, int()?);
     let has_receipt = int()? != 0;
     let signer = f.next()?;
     let mut int = || f.next()?.parse::<i64>().ok();
@@ -638,29 +696,43 @@ fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
             time: u(r_time),
             signature_hex,
         }),
-        paid_bytes: u(paid_bytes),
+        paid_bytes: 0,
     })
 }
 
 impl Db {
-    /// Every claim under a ticket that has a claim changed since the last run, ticket by ticket
-    /// in ticket order: `each(ticket, sales record, claims)`, the claims packed into one text
-    /// that [`ClaimRow::unpack`] reads.
+    /// The mark a run settles up to: the newest node report so far (see `dirty_tickets`).
+    pub async fn dirty_mark(&self) -> Result<i64, DbError> {
+        Ok(
+            sqlx::query("SELECT ifnull(MAX(rowid), 0) FROM node_reports")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    /// Every claim under a ticket marked dirty up to `mark`, ticket by ticket in ticket order:
+    /// `each(ticket)`, its claims packed into one text that [`ClaimRow::unpack_settled`] reads
+    /// with the ticket's settlement.
     ///
     /// One row per ticket rather than per claim: at millions of claims per run, the driver's cost
     /// per row and per column dominated the reading.
     pub async fn dirty_claims(
         &self,
-        mut each: impl FnMut(String, Option<SaleRow>, String),
+        mark: i64,
+        mut each: impl FnMut(DirtyTicket),
     ) -> Result<(), DbError> {
         use futures::TryStreamExt;
         let sql = format!(
-            "SELECT c.ticket, t.client, t.allowance, t.not_after, t.source, group_concat({CLAIM_FIELDS}, ',')
-             FROM served_claims c LEFT JOIN tickets t ON t.id = c.ticket
-             WHERE c.ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1)
-             GROUP BY c.ticket ORDER BY c.ticket"
+            "SELECT d.ticket, t.client, t.allowance, t.not_after, t.source, s.paid,
+                 (SELECT group_concat({CLAIM_FIELDS}, ',') FROM served_claims c WHERE c.ticket = d.ticket)
+             FROM dirty_tickets d
+             LEFT JOIN tickets t ON t.id = d.ticket
+             LEFT JOIN ticket_settlements s ON s.ticket = d.ticket
+             WHERE d.mark <= ?
+             ORDER BY d.ticket"
         );
-        let mut rows = sqlx::query(&sql).fetch(&self.pool);
+        let mut rows = sqlx::query(&sql).bind(mark).fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
             let sale = r.get::<Option<String>, _>(1).map(|client| SaleRow {
                 client,
@@ -668,18 +740,31 @@ impl Db {
                 not_after: u(r.get::<Option<i64>, _>(3).unwrap_or(0)),
                 source: r.get::<Option<String>, _>(4).unwrap_or_default(),
             });
-            each(r.get(0), sale, r.get(5));
+            // Claims are never deleted, so a marked ticket has some; a ticket without is skipped.
+            let Some(packed) = r.get::<Option<String>, _>(6) else {
+                continue;
+            };
+            each(DirtyTicket {
+                hex: r.get(0),
+                sale,
+                packed,
+                paid: r.get(5),
+            });
         }
         Ok(())
     }
 
     /// The newest completion report per ticket with a dirty claim: `(ticket, id, report, at)`.
-    pub async fn dirty_completions(&self) -> Result<Vec<(String, i64, Vec<u8>, u64)>, DbError> {
+    pub async fn dirty_completions(
+        &self,
+        mark: i64,
+    ) -> Result<Vec<(String, i64, Vec<u8>, u64)>, DbError> {
         let rows = sqlx::query(
             "SELECT ticket, id, report, at FROM completions
-             WHERE ticket IN (SELECT DISTINCT ticket FROM served_claims WHERE dirty = 1)
+             WHERE ticket IN (SELECT ticket FROM dirty_tickets WHERE mark <= ?)
              ORDER BY ticket, at",
         )
+        .bind(mark)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -876,20 +961,31 @@ impl Db {
         .await?
         .get(0);
 
-        // Settled claims straight from bound values, 10,000 per statement (3 of SQLite's 32,766
-        // parameters each): no temporary table to fill and read back.
-        for chunk in w.claims.chunks(10_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("WITH s (rid, paid, seq) AS (");
-            q.push_values(chunk, |mut b, (rid, paid, seq)| {
-                b.push_bind(*rid)
-                    .push_bind(*paid as i64)
-                    .push_bind(*seq as i64);
-            });
-            q.push(
-                ") UPDATE served_claims SET paid_bytes = s.paid,
-                     dirty = CASE WHEN served_claims.report_seq = s.seq THEN 0 ELSE 1 END
-                 FROM s WHERE served_claims.rowid = s.rid",
+        // Settled tickets leave `dirty_tickets` (those marked during the run stay), pending ones
+        // return; settlements straight from bound values, 10,000 per statement (2 of SQLite's
+        // 32,766 parameters each).
+        sqlx::query("DELETE FROM dirty_tickets WHERE mark <= ?")
+            .bind(w.settled_upto)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in w.pending.chunks(10_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO dirty_tickets (ticket, mark) ",
             );
+            q.push_values(chunk, |mut b, ticket| {
+                b.push_bind(ticket).push_bind(w.settled_upto);
+            });
+            q.push(" ON CONFLICT (ticket) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in w.settled.chunks(10_000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO ticket_settlements (ticket, paid) ",
+            );
+            q.push_values(chunk, |mut b, (ticket, paid)| {
+                b.push_bind(ticket).push_bind(paid);
+            });
+            q.push(" ON CONFLICT (ticket) DO UPDATE SET paid = excluded.paid");
             q.build().execute(&mut *tx).await?;
         }
 
@@ -1015,4 +1111,101 @@ pub struct NodeLedger {
     pub held: i64,
     /// `(at, kind, amount)` of holds, releases and forfeits, in ledger order.
     pub events: Vec<(u64, String, i64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKED: &str = "7 nodeB c 10 1 1 5 1 client 10 1 1 5 00,3 nodeA c 20 2 1 5 0  0 0 0 0 ";
+
+    #[test]
+    fn settlements_pair_paid_bytes_with_claims_by_rowid() {
+        let claims = ClaimRow::unpack_settled(PACKED, None).unwrap();
+        assert_eq!(
+            claims.iter().map(|c| c.node).collect::<Vec<_>>(),
+            ["nodeA", "nodeB"]
+        );
+        assert!(claims.iter().all(|c| c.paid_bytes == 0));
+        assert!(claims[0].receipt.is_none() && claims[1].receipt.is_some());
+
+        // Nothing paid packs to nothing; only paid claims are kept.
+        assert_eq!(ClaimRow::pack_settled([(3, 0), (7, 0)]), None);
+        let packed = ClaimRow::pack_settled([(3, 0), (7, 10)]).unwrap();
+        assert_eq!(packed, "7:10");
+        let claims = ClaimRow::unpack_settled(PACKED, Some(&packed)).unwrap();
+        assert_eq!((claims[0].paid_bytes, claims[1].paid_bytes), (0, 10));
+        // A settled claim no longer stored is ignored.
+        let claims = ClaimRow::unpack_settled(PACKED, Some("3:20,99:5")).unwrap();
+        assert_eq!((claims[0].paid_bytes, claims[1].paid_bytes), (20, 0));
+
+        for corrupt in ["7", "7:", "x:10", "7:-1", "7:10,"] {
+            assert!(
+                ClaimRow::unpack_settled(PACKED, Some(corrupt)).is_err(),
+                "{corrupt}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn upgrading_from_per_claim_settlement_keeps_what_was_paid_and_what_was_dirty() {
+        use sqlx::sqlite::SqliteConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        // A database as schema version 3 left it: one ticket settled, one dirty.
+        let pool = sqlx::SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut v3 = sqlx::migrate!("./migrations");
+        v3.migrations = v3
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        v3.run(&pool).await.unwrap();
+        for (ticket, node, paid, dirty) in
+            [("aa", "n1", 10, 0), ("aa", "n2", 0, 0), ("bb", "n1", 5, 1)]
+        {
+            sqlx::query(
+                "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at, paid_bytes, dirty)
+                 VALUES (?, ?, 'c', 10, 1, 1, 1, 1, ?, ?)",
+            )
+            .bind(ticket)
+            .bind(node)
+            .bind(paid)
+            .bind(dirty)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let db = Db::open_sqlite(&path).await.unwrap();
+        let mut read = Vec::new();
+        db.dirty_claims(db.dirty_mark().await.unwrap(), |t| read.push(t))
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1, "only the dirty ticket");
+        assert_eq!(read[0].hex, "bb");
+        let claims = ClaimRow::unpack_settled(&read[0].packed, read[0].paid.as_deref()).unwrap();
+        assert_eq!(claims[0].paid_bytes, 5);
+        let settled: Vec<(String, String)> =
+            sqlx::query_as("SELECT ticket, paid FROM ticket_settlements ORDER BY ticket")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            settled,
+            [
+                ("aa".to_string(), "1:10".to_string()),
+                ("bb".into(), "3:5".into())
+            ]
+        );
+    }
 }
