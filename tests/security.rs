@@ -119,7 +119,7 @@ fn nodes_refuse_bad_tickets_with_a_clear_reason_and_no_bytes() {
         // The genuine ticket is served: the refusals below are about the tickets, not the setup.
         let (answer, bytes) = fetch(&net, node, &good, content_a, held).await;
         assert!(
-            matches!(answer, FetchResponse::Ok { len } if len as usize == bytes && bytes > 0),
+            matches!(answer, FetchResponse::Ok { len, .. } if len as usize == bytes && bytes > 0),
             "{answer:?}"
         );
 

@@ -94,6 +94,38 @@ impl Accounting {
         }
     }
 
+    /// Whether `body` (a receipt a node kept for this ticket) is ahead of the counters for its
+    /// node: signed by an earlier run of this client under the same ticket.
+    pub fn behind(&self, body: &ReceiptBody) -> bool {
+        body.ticket_id == self.ticket_id
+            && body.content == self.content
+            && self
+                .lock()
+                .total
+                .get(&body.node)
+                .is_none_or(|t| body.seq > t.seq)
+    }
+
+    /// Continues the counters for the receipt's node from `body`, a receipt this client signed
+    /// in an earlier run under the same ticket (its signature checked by the caller). Receipts
+    /// are cumulative per (ticket, node): totals restarting from zero would be ignored by the
+    /// node as stale, and the node would soon stop serving.
+    pub fn continue_from(&self, body: &ReceiptBody) {
+        if body.ticket_id != self.ticket_id || body.content != self.content {
+            return;
+        }
+        let mut inner = self.lock();
+        let t = inner.total.entry(body.node).or_insert_with(|| NodeTally {
+            node: body.node,
+            fragments: 0,
+            bytes: 0,
+            seq: 0,
+        });
+        t.fragments = t.fragments.max(body.fragments);
+        t.bytes = t.bytes.max(body.bytes);
+        t.seq = t.seq.max(body.seq);
+    }
+
     /// The counters of the whole download, to persist.
     pub fn snapshot(&self) -> Vec<NodeTally> {
         self.lock().total.values().cloned().collect()
@@ -143,6 +175,26 @@ mod tests {
         let c = acc.completion(200);
         assert_eq!(c.per_node.len(), 2);
         assert_eq!(c.per_node.iter().map(|n| n.bytes).sum::<u64>(), 25);
+    }
+
+    #[test]
+    fn a_new_run_continues_from_a_receipt_of_an_earlier_one() {
+        let a = PeerId::random();
+        let earlier = Accounting::new([1; 16], ContentId([2; 32]), vec![]);
+        earlier.record(a, 10, 1);
+        let kept = earlier.record(a, 10, 2);
+        let again = Accounting::new([1; 16], ContentId([2; 32]), vec![]);
+        assert!(again.behind(&kept));
+        again.continue_from(&kept);
+        assert!(!again.behind(&kept));
+        let r = again.record(a, 5, 3);
+        assert_eq!((r.fragments, r.bytes, r.seq), (3, 25, 3));
+        assert_eq!(again.this_run()[&a], (1, 5));
+        // Another ticket's or content's receipt changes nothing.
+        let other = Accounting::new([9; 16], ContentId([2; 32]), vec![]);
+        assert!(!other.behind(&kept));
+        other.continue_from(&kept);
+        assert_eq!(other.record(a, 5, 3).bytes, 5);
     }
 
     #[test]

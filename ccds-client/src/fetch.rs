@@ -23,6 +23,7 @@ use overlay::codec::fragment_hash;
 use overlay::identity::{Identity, Signed};
 use overlay::net::Net;
 use overlay::proto::{self, FetchRequest, FetchResponse};
+use overlay::receipt::Receipt;
 use overlay::ticket::Ticket;
 use tracing::{debug, instrument};
 
@@ -117,7 +118,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     let len = match response {
-        FetchResponse::Ok { len } => len as usize,
+        FetchResponse::Ok { len, receipt } => {
+            if let Some(kept) = receipt {
+                continue_receipts(ctx, job, &kept);
+            }
+            len as usize
+        }
         FetchResponse::Refused(reason) => return Err(Outcome::Refused(reason)),
         FetchResponse::NotFound => return Err(Outcome::NotFound),
         FetchResponse::Corrupt => return Err(Outcome::CorruptAtNode),
@@ -151,6 +157,25 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => debug!(?e, "receipt not delivered"),
     }
     Ok(data)
+}
+
+/// Continues this client's receipt totals for the node from the receipt the node kept for the
+/// ticket, when an earlier run of this client signed it and it is ahead of ours.
+fn continue_receipts(ctx: &FetchContext, job: &FetchJob, kept: &Receipt) {
+    if kept.body.node != job.node || !ctx.accounting.behind(&kept.body) {
+        return;
+    }
+    match kept.verify_by(&ctx.identity.peer_id()) {
+        Ok(body) => {
+            debug!(
+                seq = body.seq,
+                bytes = body.bytes,
+                "continuing from the node's receipt"
+            );
+            ctx.accounting.continue_from(body);
+        }
+        Err(e) => debug!(error = %e, "the node's receipt is not ours; ignored"),
+    }
 }
 
 /// Reads exactly `len` bytes (already checked against the manifest) in chunks, paced by the

@@ -133,7 +133,8 @@ async fn fake_node(fragments: HashMap<(u32, u16), Bytes>, behaviour: Behaviour) 
                                     data[0] ^= 1;
                                 }
                                 let len = data.len() as u32;
-                                proto::write_msg(&mut s, &FetchResponse::Ok { len }).await?;
+                                proto::write_msg(&mut s, &FetchResponse::Ok { len, receipt: None })
+                                    .await?;
                                 if behaviour == Behaviour::Slow {
                                     for chunk in data.chunks(data.len().div_ceil(16).max(1)) {
                                         tokio::time::sleep(SLOW_PAUSE).await;

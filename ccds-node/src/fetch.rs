@@ -136,7 +136,8 @@ async fn exchange(
     // The delivery is timed up to the receipt: see `crate::upload` for why.
     let started = Instant::now();
     let delivered = within(ctx.limits.transfer_timeout, "fragment delivery", async {
-        proto::write_msg(stream, &FetchResponse::Ok { len }).await?;
+        let receipt = ctx.receipts.latest(&ticket.ticket_id).map(Box::new);
+        proto::write_msg(stream, &FetchResponse::Ok { len, receipt }).await?;
         for chunk in data[..len as usize].chunks(CHUNK) {
             stream.write_all(chunk).await?;
         }

@@ -1,6 +1,7 @@
 //! Receipt enforcement over real QUIC on loopback: a client that takes fragments without
-//! signing receipts is cut off after the credit, one that signs them is served throughout, and
-//! no ticket gets more from the node than its allowance.
+//! signing receipts is cut off after the credit, one that signs them is served throughout (also
+//! when it starts again under the same ticket), and no ticket gets more from the node than its
+//! allowance.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,7 @@ impl Fixture {
             fragments: 0,
             bytes: 0,
             seq: 0,
+            adopt: true,
         })
     }
 }
@@ -111,6 +113,8 @@ struct Client {
     fragments: u64,
     bytes: u64,
     seq: u64,
+    /// Whether it continues from the receipt the node sends back when that one is newer.
+    adopt: bool,
 }
 
 impl Client {
@@ -151,7 +155,14 @@ impl Client {
         proto::write_msg(&mut stream, &request).await?;
         let response: FetchResponse = proto::read_msg(&mut stream, MAX_SMALL_MSG).await?;
         match &response {
-            FetchResponse::Ok { len } => {
+            FetchResponse::Ok { len, receipt } => {
+                if let Some(kept) = receipt
+                    .as_deref()
+                    .filter(|r| self.adopt && r.body.seq > self.seq)
+                {
+                    let body = kept.verify_by(&self.identity.peer_id())?;
+                    (self.fragments, self.bytes, self.seq) = (body.fragments, body.bytes, body.seq);
+                }
                 let data = proto::read_bytes(&mut stream, *len as usize).await?;
                 assert_eq!(data, vec![index as u8; FRAGMENT]);
                 if sign {
@@ -189,6 +200,7 @@ async fn a_client_without_receipts_is_cut_off_after_the_credit() -> anyhow::Resu
     let ticket_id = [1; 16];
     let ok = FetchResponse::Ok {
         len: FRAGMENT as u32,
+        receipt: None,
     };
 
     // 100 kB, then 200 kB outstanding: both within the 250 kB credit.
@@ -221,8 +233,14 @@ async fn a_client_without_receipts_is_cut_off_after_the_credit() -> anyhow::Resu
     let answer = freeloader.fetch(2, false, Some(&catch_up)).await?;
     refused_with(&answer, "receipts lag")?;
     assert_eq!(f.node.ticket_count(&ticket_id).outstanding, 0);
-    assert_eq!(f.node.latest_receipt(&ticket_id), Some(catch_up));
-    assert_eq!(freeloader.fetch(2, true, None).await?, ok);
+    assert_eq!(f.node.latest_receipt(&ticket_id), Some(catch_up.clone()));
+    assert_eq!(
+        freeloader.fetch(2, true, None).await?,
+        FetchResponse::Ok {
+            len: FRAGMENT as u32,
+            receipt: Some(Box::new(catch_up)),
+        }
+    );
     Ok(())
 }
 
@@ -234,11 +252,9 @@ async fn a_client_that_signs_receipts_is_served_throughout() -> anyhow::Result<(
     for _ in 0..rounds {
         for index in 0..FRAGMENTS {
             let answer = honest.fetch(index, true, None).await?;
-            assert_eq!(
-                answer,
-                FetchResponse::Ok {
-                    len: FRAGMENT as u32
-                }
+            assert!(
+                matches!(answer, FetchResponse::Ok { len, .. } if len == FRAGMENT as u32),
+                "{answer:?}"
             );
         }
     }
@@ -262,6 +278,75 @@ async fn a_client_that_signs_receipts_is_served_throughout() -> anyhow::Result<(
         (0, 0)
     );
     assert_eq!(f.node.latest_receipt(&ticket_id).unwrap().body.bytes, total);
+    Ok(())
+}
+
+/// Waits until every byte the node served under `ticket_id` is covered by a receipt (receipts
+/// arrive after the client closes its side).
+async fn settled(f: &Fixture, ticket_id: &[u8; 16]) -> u64 {
+    for _ in 0..100 {
+        if f.node.ticket_count(ticket_id).outstanding == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.node.ticket_count(ticket_id).outstanding
+}
+
+#[tokio::test]
+async fn a_client_starting_again_under_its_ticket_continues_from_the_nodes_receipt()
+-> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let ticket_id = [4; 16];
+    let mut first = f.client(4, 1 << 30).await?;
+    for index in 0..3 {
+        let answer = first.fetch(index, true, None).await?;
+        assert!(matches!(answer, FetchResponse::Ok { .. }), "{answer:?}");
+    }
+    assert_eq!(settled(&f, &ticket_id).await, 0);
+
+    // The same client downloads again, its counters starting from zero: the node's answer
+    // carries the receipt it kept, and the client's totals continue from it.
+    let restart = |c: &Client, adopt: bool| Client {
+        identity: c.identity.clone(),
+        net: c.net.clone(),
+        ticket: c.ticket.clone(),
+        node: c.node,
+        fragments: 0,
+        bytes: 0,
+        seq: 0,
+        adopt,
+    };
+    let mut second = restart(&first, true);
+    for round in 0..2 {
+        for index in 0..FRAGMENTS {
+            let answer = second.fetch(index, true, None).await?;
+            assert!(
+                matches!(answer, FetchResponse::Ok { .. }),
+                "round {round}, fragment {index}: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(settled(&f, &ticket_id).await, 0);
+    let total = (3 + 2 * u64::from(FRAGMENTS)) * FRAGMENT as u64;
+    assert!(total > 5 * CREDIT, "the test must go well past the credit");
+    let kept = f.node.latest_receipt(&ticket_id).unwrap();
+    assert_eq!(kept.body.bytes, total);
+    assert_eq!(f.node.stats().receipts_lag_refused, 0);
+
+    // Counting from zero instead, its receipts are stale to the node, which cuts it off after
+    // the credit: the reason the node sends its receipt back.
+    let mut forgetful = restart(&first, false);
+    let mut refused = None;
+    for index in 0..FRAGMENTS {
+        if let FetchResponse::Refused(reason) = forgetful.fetch(index, true, None).await? {
+            refused = Some((index, reason));
+            break;
+        }
+    }
+    let (index, reason) = refused.context("a client restarting its totals is cut off")?;
+    assert!(reason.starts_with("receipts lag"), "{reason}");
+    assert_eq!(u64::from(index), CREDIT / FRAGMENT as u64);
     Ok(())
 }
 

@@ -142,7 +142,7 @@ async fn fetch(
     proto::write_msg(&mut stream, request).await?;
     let response: FetchResponse = proto::read_msg(&mut stream, MAX_SMALL_MSG).await?;
     let data = match response {
-        FetchResponse::Ok { len } => proto::read_bytes(&mut stream, len as usize).await?,
+        FetchResponse::Ok { len, .. } => proto::read_bytes(&mut stream, len as usize).await?,
         _ => Vec::new(),
     };
     if let Some(receipt) = receipt {
@@ -216,7 +216,8 @@ async fn cm_signed_store_then_ticketed_fetch_returns_the_same_bytes() -> anyhow:
     assert_eq!(
         got.response,
         FetchResponse::Ok {
-            len: data.len() as u32
+            len: data.len() as u32,
+            receipt: None,
         }
     );
     assert!(got.data == data, "fetched bytes differ from stored bytes");

@@ -1,4 +1,5 @@
--- CCDS coordinator schema, version 4: reconciliation's progress kept per ticket.
+-- CCDS coordinator schema, version 4: reconciliation's progress kept per ticket, and completion
+-- reports told apart by digest.
 --
 -- Runs used to mark every claim they settled (paid bytes, a dirty flag) in `served_claims`; at
 -- millions of claims per run, rewriting those wide rows took most of a run. A run now deletes
@@ -27,3 +28,23 @@ INSERT INTO ticket_settlements (ticket, paid)
 DROP INDEX served_claims_dirty;
 ALTER TABLE served_claims DROP COLUMN dirty;
 ALTER TABLE served_claims DROP COLUMN paid_bytes;
+
+-- Completion reports are told apart by their digest (BLAKE3 of the signed report), not by the
+-- second they arrived in: two downloads under one ticket can complete within the same second.
+-- Reports recorded before have no digest.
+CREATE TABLE completions_v4 (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket      TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    report      BLOB NOT NULL,
+    digest      BLOB,
+    at          BIGINT NOT NULL,
+    UNIQUE (ticket, digest)
+);
+INSERT INTO completions_v4 (id, ticket, client, content, report, digest, at)
+    SELECT id, ticket, client, content, report, NULL, at FROM completions;
+DROP TABLE completions;
+ALTER TABLE completions_v4 RENAME TO completions;
+CREATE INDEX completions_ticket ON completions(ticket, at);
+CREATE INDEX completions_content ON completions(content);

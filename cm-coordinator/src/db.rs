@@ -739,12 +739,14 @@ impl Db {
         at: u64,
     ) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO completions (ticket, client, content, report, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO completions (ticket, client, content, report, digest, at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
         )
         .bind(ticket)
         .bind(client.to_string())
         .bind(content.to_string())
         .bind(report)
+        .bind(blake3::hash(report).as_bytes().as_slice())
         .bind(at as i64)
         .execute(&self.pool)
         .await?;

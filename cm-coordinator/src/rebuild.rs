@@ -362,8 +362,10 @@ async fn fetch(
         };
         proto::write_msg(&mut stream, &request).await?;
         match proto::read_msg(&mut stream, proto::MAX_SMALL_MSG).await? {
-            FetchResponse::Ok { len: n } if n as usize == len => {}
-            FetchResponse::Ok { len: n } => anyhow::bail!("announced {n} bytes, expected {len}"),
+            FetchResponse::Ok { len: n, .. } if n as usize == len => {}
+            FetchResponse::Ok { len: n, .. } => {
+                anyhow::bail!("announced {n} bytes, expected {len}")
+            }
             other => anyhow::bail!("node answered {other:?}"),
         }
         let mut data = vec![0u8; len];

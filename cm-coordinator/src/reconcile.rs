@@ -141,7 +141,9 @@ pub struct ServedClaim<P> {
     pub assigned: u64,
 }
 
-/// The client's completion report: bytes it says each node delivered, and when it said so.
+/// The client's completion report: bytes it says each node delivered, and when it said so. A
+/// node it does not list is no statement about that node: a later download under the same
+/// ticket may not have needed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion<P> {
     pub id: i64,
@@ -419,23 +421,22 @@ where
                 }
                 if let Some(c) = &case.completion
                     && c.time >= r.time
+                    && let Some(&said) = c.per_node.get(&claim.node)
+                    && said < ok
                 {
-                    let said = c.per_node.get(&claim.node).copied().unwrap_or(0);
-                    if said < ok {
-                        // The receipt is the client's own signature, so the node is blamed only
-                        // for what it claimed beyond it (already a conflict above).
-                        conflict(
-                            VerdictKind::ContradictedByClient,
-                            ok - said,
-                            false,
-                            vec![
-                                report_evidence(claim),
-                                receipt_evidence(r),
-                                Evidence::Completion { id: c.id },
-                            ],
-                        );
-                        ok = said;
-                    }
+                    // The receipt is the client's own signature, so the node is blamed only for
+                    // what it claimed beyond it (already a conflict above).
+                    conflict(
+                        VerdictKind::ContradictedByClient,
+                        ok - said,
+                        false,
+                        vec![
+                            report_evidence(claim),
+                            receipt_evidence(r),
+                            Evidence::Completion { id: c.id },
+                        ],
+                    );
+                    ok = said;
                 }
             }
         }
@@ -927,7 +928,13 @@ mod tests {
             "the client signed the receipt itself"
         );
         assert_eq!(r.claims[6].pay, 4 * MIB);
+        // A completion not listing the node says nothing about it (a later download under the
+        // same ticket that did not need it).
+        c.completion.as_mut().unwrap().per_node.remove(&6);
+        assert!(run(&c).verdicts.is_empty());
+        assert_eq!(run(&c).claims[6].pay, 10 * MIB + MIB / 2);
         // A completion older than the receipt (a resumed download) contradicts nothing.
+        c.completion.as_mut().unwrap().per_node.insert(6, 4 * MIB);
         c.completion.as_mut().unwrap().time = 900;
         assert!(run(&c).verdicts.is_empty());
     }

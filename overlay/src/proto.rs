@@ -275,6 +275,11 @@ pub struct FetchRequest {
 pub enum FetchResponse {
     Ok {
         len: u32,
+        /// The newest receipt the node keeps for the ticket. Receipts are cumulative per
+        /// (ticket, node), so a client that starts again under the same ticket (a second
+        /// download, another device) continues its totals from this one instead of from zero,
+        /// which the node would ignore as stale.
+        receipt: Option<Box<Receipt>>,
     },
     /// Not served, and why: a bad ticket, the ticket's allowance spent on this node, or
     /// receipts lagging more than the node's credit behind the bytes delivered (after that

@@ -754,7 +754,8 @@ impl Db {
         Ok(())
     }
 
-    /// The newest completion report per ticket with a dirty claim: `(ticket, id, report, at)`.
+    /// The completion reports of the tickets marked dirty up to `mark`, oldest first (by time,
+    /// then by arrival, so the last of a ticket is its newest): `(ticket, id, report, at)`.
     pub async fn dirty_completions(
         &self,
         mark: i64,
@@ -762,7 +763,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT ticket, id, report, at FROM completions
              WHERE ticket IN (SELECT ticket FROM dirty_tickets WHERE mark <= ?)
-             ORDER BY ticket, at",
+             ORDER BY ticket, at, id",
         )
         .bind(mark)
         .fetch_all(&self.pool)
@@ -1184,9 +1185,17 @@ mod tests {
             .await
             .unwrap();
         }
+        sqlx::query(
+            "INSERT INTO completions (ticket, client, content, report, at) VALUES ('bb', 'c', 'c', x'01', 7)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         pool.close().await;
 
         let db = Db::open_sqlite(&path).await.unwrap();
+        let kept = db.dirty_completions(i64::MAX).await.unwrap();
+        assert_eq!(kept, [("bb".to_string(), 1, vec![1u8], 7)]);
         let mut read = Vec::new();
         db.dirty_claims(db.dirty_mark().await.unwrap(), |t| read.push(t))
             .await
@@ -1207,5 +1216,25 @@ mod tests {
                 ("bb".into(), "3:5".into())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn completion_reports_are_kept_once_each_even_within_one_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+        let client = overlay::Identity::generate().peer_id();
+        let content = overlay::ContentId([3; 32]);
+        for report in [b"first".as_slice(), b"first", b"second"] {
+            db.add_completion("aa", &client, &content, report, 100)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO dirty_tickets (ticket, mark) VALUES ('aa', 0)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let kept = db.dirty_completions(0).await.unwrap();
+        let reports: Vec<&[u8]> = kept.iter().map(|(_, _, r, _)| r.as_slice()).collect();
+        assert_eq!(reports, [b"first".as_slice(), b"second"], "newest last");
     }
 }
