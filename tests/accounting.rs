@@ -419,6 +419,7 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
     signal("-STOP");
     std::thread::sleep(Duration::from_secs(7));
     signal("-CONT");
+    let resumed = now_secs();
 
     // The dropper deletes what it is paid to store.
     let dir = c.nodes[dropper].dir.join("fragments").join(&content);
@@ -444,6 +445,8 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
         sleeper_show["audits_failed"], 0,
         "slow once is not a failure: {sleeper_show}"
     );
+    // Storage is settled when a node lists its holdings: wait for the sleeper's next listing.
+    c.wait_reported(sleeper, resumed);
     let run = c.reconcile();
     let dropper_show = c.node_show(dropper);
     assert_eq!(

@@ -875,12 +875,32 @@ pub async fn reconcile<R: rand::Rng + Send>(
     phases.spent.push(("claims_core", core_time));
 
     // Storage: every node that listed its holdings during the period.
-    let failed_audits: HashMap<String, bool> = db
-        .failed_audits(period_from, period_to)
-        .await?
-        .into_iter()
-        .collect();
+    // Failed audits since the earliest point any node's storage is still unsettled from:
+    // `(time, offence)` per node.
+    let unsettled_from = states
+        .values()
+        .filter_map(|s| s.stored_to)
+        .min()
+        .map_or(period_from, |t| t.min(period_from));
+    let mut failures: HashMap<String, Vec<(u64, bool)>> = HashMap::new();
+    for (node, at, offence) in db.failed_audits(unsettled_from, period_to).await? {
+        failures.entry(node).or_default().push((at, offence));
+    }
+    // Whether a node failed an audit after `from`, and whether that was an offence.
+    let failed_since = |node: &str, from: u64| -> Option<bool> {
+        let after: Vec<bool> = failures
+            .get(node)?
+            .iter()
+            .filter(|&&(at, _)| at > from)
+            .map(|&(_, offence)| offence)
+            .collect();
+        (!after.is_empty()).then(|| after.contains(&true))
+    };
     let (mut storage_nodes, mut stored_byte_secs) = (0u64, 0u128);
+    // Storage is settled up to the end of the period for every node that listed its holdings
+    // in it. A node that did not (a report late by a moment, a node away) is settled later, from
+    // where it was last settled, by the first run that sees its next listing.
+    let mut stored_to: HashMap<String, u64> = HashMap::new();
     db.holdings_with_placements(
         period_from,
         0,
@@ -924,12 +944,17 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     }
                 })
                 .collect();
-            let result = reconcile_storage(&node, Some(&claim), &records, period_from, period_to);
+            let from = states
+                .get(node)
+                .and_then(|s| s.stored_to)
+                .map_or(period_from, |t| t.min(period_from));
+            let result = reconcile_storage(&node, Some(&claim), &records, from, period_to);
+            stored_to.insert(node.to_string(), period_to);
             storage_nodes += 1;
             let t = tallies.of(node);
-            match failed_audits.get(node) {
+            match failed_since(node, from) {
                 // Storage pay is lost for the period; reconciliation still closes what is lost.
-                Some(&offence) => {
+                Some(offence) => {
                     if offence {
                         t.conflicts += 1;
                         t.conflict_value += rate_value(
@@ -1022,9 +1047,13 @@ pub async fn reconcile<R: rand::Rng + Send>(
         let location = node_location(addrs);
         inputs.push(NodeInput {
             node: node.clone(),
-            state: states
-                .remove(node)
-                .unwrap_or_else(|| NodeState::new(*registered_at)),
+            state: {
+                let mut state = states
+                    .remove(node)
+                    .unwrap_or_else(|| NodeState::new(*registered_at));
+                state.stored_to = stored_to.get(node).copied().or(state.stored_to);
+                state
+            },
             work: Work {
                 served_bytes: tally.served,
                 repair_bytes: tally.repair,
@@ -1052,7 +1081,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
                 // As the audit core scores: one imaginary pass keeps a new node at 1.0 and lets
                 // old failures fade.
                 audit_score: (pass_w + 1.0) / (pass_w + fail_w + 1.0),
-                lost_storage: failed_audits.contains_key(node),
+                lost_storage: failed_since(node, period_from).is_some(),
             },
             offences: Offences {
                 conflicts: tally.conflicts,

@@ -112,6 +112,10 @@ pub struct NodeState {
     pub clean_since: u64,
     /// Times of the remembered offences, oldest first; pruned by `offence_memory`.
     pub offences: Vec<u64>,
+    /// Until when the node's storage is settled (paid, or lost to a failed audit). Set by the
+    /// caller's storage pass and carried through; `None`: never settled.
+    #[serde(default)]
+    pub stored_to: Option<u64>,
 }
 
 impl NodeState {
@@ -122,6 +126,7 @@ impl NodeState {
             level_since: now,
             clean_since: now,
             offences: Vec::new(),
+            stored_to: None,
         }
     }
 }
@@ -765,6 +770,7 @@ pub fn settle<Id: Clone + Ord>(
             level_since: n.state.level_since,
             clean_since: n.state.clean_since,
             offences: plan.offences,
+            stored_to: n.state.stored_to,
         };
         if plan.level != n.state.level {
             state.level_since = run.now;
@@ -1155,6 +1161,7 @@ mod tests {
                 level_since: NOW,
                 clean_since: NOW,
                 offences: vec![NOW],
+                stored_to: None,
             }
         );
         let sum = &s.summary[0];
@@ -1282,6 +1289,7 @@ mod tests {
             level_since: NOW - 30 * DAY,
             clean_since: NOW - 7 * DAY,
             offences: vec![],
+            stored_to: None,
         };
         n.facts = Facts {
             availability: 0.8,
@@ -1303,6 +1311,7 @@ mod tests {
                 level_since: NOW,
                 clean_since: NOW - 7 * DAY,
                 offences: vec![],
+                stored_to: None,
             }
         );
         assert_eq!(

@@ -384,3 +384,51 @@ async fn a_claim_changed_while_a_run_reads_keeps_its_ticket_dirty() {
     w.db.write_run(&settled(upto)).await.unwrap();
     assert!(dirty(w.db.clone()).await.is_empty());
 }
+
+#[tokio::test]
+async fn storage_a_run_misses_is_paid_by_the_run_that_sees_the_next_listing() {
+    let mut w = World::new().await;
+    let bytes = u128::from(SEGMENTS * w.flen);
+    let t1 = T0 + 100_000;
+    for n in 0..NODES {
+        let r = w.report(n, 2, 2 * w.flen, t1);
+        w.ingest(&r, t1).await;
+    }
+    w.reconcile(t1).await;
+    // A listing counts for the run whose period it falls in, bounds included: this run, at
+    // t1 + 10, is the last one node 0's listing at t1 is fresh for.
+    let t1 = t1 + 10;
+    w.reconcile(t1).await;
+    let total = |(available, held): (i64, i64)| available + held;
+    let before = total(w.balance(0).await);
+    let before_1 = total(w.balance(1).await);
+
+    // Node 0's next listing is late: the run at t2 settles nothing of its storage...
+    let t2 = t1 + 50_000;
+    for n in 1..NODES {
+        let r = w.report(n, 2, 2 * w.flen, t2);
+        w.ingest(&r, t2).await;
+    }
+    w.reconcile(t2).await;
+    assert_eq!(total(w.balance(0).await), before);
+    assert!(
+        total(w.balance(1).await) - before_1 >= stored_pay(bytes * u128::from(t2 - t1)),
+        "a node that listed is settled as usual"
+    );
+
+    // ...and the run that sees it pays everything since t1, as if nothing had been late.
+    let t3 = t2 + 1_000;
+    for n in 0..2 {
+        let r = w.report(n, 2, 2 * w.flen, t3);
+        w.ingest(&r, t3).await;
+    }
+    w.reconcile(t3).await;
+    let (late, punctual) = (
+        total(w.balance(0).await) - before,
+        total(w.balance(1).await) - before_1,
+    );
+    assert!(late >= stored_pay(bytes * u128::from(t3 - t1)), "{late}");
+    // Node 1, which listed every time, earned the same over (t1, t3], up to a micro-credit of
+    // rounding per run.
+    assert!((late - punctual).abs() <= 2, "{late} against {punctual}");
+}

@@ -855,11 +855,15 @@ impl Db {
         Ok(())
     }
 
-    /// Nodes with a failed audit in `(from, to]` (a run ends at `to`, so an audit in its last
-    /// second belongs to it): `(node, offence)`.
-    pub async fn failed_audits(&self, from: u64, to: u64) -> Result<Vec<(String, bool)>, DbError> {
+    /// Failed audits in `(from, to]` (a run ends at `to`, so an audit in its last second
+    /// belongs to it): `(node, at, offence)`.
+    pub async fn failed_audits(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64, bool)>, DbError> {
         let rows = sqlx::query(
-            "SELECT node, MAX(offence) FROM audits WHERE failed = 1 AND at > ? AND at <= ? GROUP BY node",
+            "SELECT node, at, offence FROM audits WHERE failed = 1 AND at > ? AND at <= ?",
         )
         .bind(from as i64)
         .bind(to as i64)
@@ -867,7 +871,7 @@ impl Db {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get(0), r.get::<i64, _>(1) != 0))
+            .map(|r| (r.get(0), u(r.get(1)), r.get::<i64, _>(2) != 0))
             .collect())
     }
 
