@@ -118,6 +118,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;
     info!(node = %identity.peer_id(), used = store.used(), quota, "fragment store open");
+    if let Some(rate) = options.limits.upload_limit {
+        info!(bytes_per_sec = rate.get(), "fragment uploads limited");
+    }
 
     let server = Server::start(ServeOptions {
         identity: identity.clone(),

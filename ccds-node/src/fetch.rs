@@ -9,6 +9,8 @@
 //!   peer. Otherwise the client gets the reason and not one fragment byte.
 //! * A fragment found corrupt on disk is never served: the client is told to go elsewhere.
 //! * After the bytes, the client's receipt is checked and kept as evidence of the work.
+//! * With an upload limit, fragment bytes leave no faster than the limit, counted over all
+//!   streams together (see [`crate::throttle`]).
 //! * A client whose receipts lag more than the credit behind the bytes it received is refused
 //!   until they catch up, and no ticket gets more bytes from this node than its allowance
 //!   (see [`crate::credit`]). After a lag refusal the client may send its newest receipt on
@@ -31,10 +33,11 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use crate::credit;
 use crate::receipts::{self, Recorded};
-use crate::serve::{Context, Stats, StreamError, within};
+use crate::serve::{Budget, Context, Stats, StreamError, within};
 
-/// Fragment bytes are written in slices of this size, so one write never holds a whole
-/// fragment's worth of stream buffer.
+/// Fragment bytes are written in slices of at most this size, so one write never holds a whole
+/// fragment's worth of stream buffer (smaller under a low upload limit: see
+/// [`crate::throttle::UploadLimit::chunk`]).
 const CHUNK: usize = 256 * 1024;
 
 /// Serves one inbound `/ccds/fetch/1` stream.
@@ -133,18 +136,12 @@ async fn exchange(
         }
         return Ok(());
     }
-    // The delivery is timed up to the receipt: see `crate::upload` for why.
+    // The delivery is timed up to the receipt (see `crate::upload` for why), waits for the
+    // upload limit included: the rate is what the client got.
     let started = Instant::now();
-    let delivered = within(ctx.limits.transfer_timeout, "fragment delivery", async {
-        let receipt = ctx.receipts.latest(&ticket.ticket_id).map(Box::new);
-        proto::write_msg(stream, &FetchResponse::Ok { len, receipt }).await?;
-        for chunk in data[..len as usize].chunks(CHUNK) {
-            stream.write_all(chunk).await?;
-        }
-        stream.flush().await?;
-        Ok::<_, StreamError>(())
-    })
-    .await;
+    let receipt = ctx.receipts.latest(&ticket.ticket_id).map(Box::new);
+    let answer = FetchResponse::Ok { len, receipt };
+    let delivered = deliver(ctx, stream, &answer, &data[..len as usize]).await;
     if delivered.is_err() {
         // The client did not get the fragment: it owes no receipt for it.
         ctx.credit().undo(ticket.ticket_id, u64::from(len));
@@ -176,6 +173,30 @@ async fn exchange(
         }
     }
     Ok(())
+}
+
+/// Writes the answer and the fragment's bytes, waiting for the upload limit (if any) before
+/// each chunk. The transfer timeout counts only the stream's time, not the waits: under a low
+/// limit shared by many streams they can add up to far more than a slow client ever takes. The
+/// waits end as the bucket refills; a client that gave up meanwhile is found out at the next
+/// write.
+async fn deliver(
+    ctx: &Context,
+    stream: &mut libp2p::Stream,
+    answer: &FetchResponse,
+    bytes: &[u8],
+) -> Result<(), StreamError> {
+    let mut budget = Budget::new("fragment delivery", ctx.limits.transfer_timeout);
+    budget.spend(proto::write_msg(stream, answer)).await?;
+    let limit = ctx.upload_limit.as_ref();
+    let chunk = limit.map_or(CHUNK, |l| l.chunk().min(CHUNK));
+    for piece in bytes.chunks(chunk) {
+        if let Some(limit) = limit {
+            limit.take(piece.len()).await;
+        }
+        budget.spend(stream.write_all(piece)).await?;
+    }
+    budget.spend(stream.flush()).await
 }
 
 /// After a receipts-lag refusal the client may still send its newest receipt on the same

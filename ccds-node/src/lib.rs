@@ -14,6 +14,7 @@
 //! * [`credit`]: receipt credit: refuses clients whose receipts lag, and tickets whose
 //!   allowance this node has served.
 //! * [`upload`]: the upload rate measured while serving fetches, reported to the CM.
+//! * [`throttle`]: the upload limit, one token bucket shared by every fetch stream.
 //! * [`host`]: facts about the host (boot time) reported to the CM.
 //! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave,
 //!   reports, account).
@@ -40,6 +41,7 @@ pub mod report;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod throttle;
 pub mod upload;
 
 use std::path::PathBuf;

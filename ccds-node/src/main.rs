@@ -1,12 +1,13 @@
 //! `ccds-node`: the CCDS participating node daemon.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use ccds_node::daemon::DEFAULT_LISTEN;
-use ccds_node::{DataDir, InitOptions, RunOptions};
+use ccds_node::{DataDir, InitOptions, Limits, RunOptions};
 use clap::{Parser, Subcommand};
 use overlay::Multiaddr;
 
@@ -48,6 +49,11 @@ enum Command {
         /// is sent at shutdown).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         report_interval: Duration,
+        /// Upload bandwidth for serving fragments, in bytes per second across all clients
+        /// together, e.g. "5MiB" or "200KiB" (below 4GiB); 0 means unlimited [default:
+        /// unlimited].
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        upload_limit: Option<u32>,
     },
     /// Show the node's own view: online, pay level, balance, earnings, last report.
     Status {
@@ -91,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             heartbeat_interval,
             report_interval,
+            upload_limit,
         } => {
             let shutdown = ccds_node::shutdown_signal()?;
             ccds_node::run(
@@ -98,6 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     heartbeat_interval,
                     report_interval,
+                    limits: Limits {
+                        upload_limit: upload_limit.and_then(NonZeroU32::new),
+                        ..Limits::default()
+                    },
                     ..RunOptions::new(data_dir)
                 },
                 shutdown,
@@ -114,6 +125,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A rate in bytes per second, with the sizes `--quota` takes; the limiter counts in `u32`.
+fn parse_rate(text: &str) -> Result<u32, String> {
+    let size: ByteSize = text.parse()?;
+    u32::try_from(size.as_u64()).map_err(|_| {
+        format!("{size} per second is too much: a limit must be below 4GiB; leave the flag out for no limit")
+    })
 }
 
 /// The error and its causes on one line, skipping causes its message already quotes.

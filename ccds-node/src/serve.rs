@@ -7,6 +7,7 @@
 //! pushers are also bounded in total by a memory budget.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 use crate::NodeError;
 use crate::credit::{CreditBook, TicketCount};
 use crate::receipts::ReceiptBook;
+use crate::throttle::UploadLimit;
 use crate::upload::UploadRate;
 use crate::{audit, fetch, store};
 
@@ -42,7 +44,8 @@ pub struct Limits {
     pub store_memory: usize,
     /// Time for a peer to send its request header.
     pub header_timeout: Duration,
-    /// Time for one fragment's bytes to cross the stream, either way.
+    /// Time for one fragment's bytes to cross the stream, either way. Time a fetch waits for
+    /// the upload limit does not count: that is the node's own pacing, not a slow peer.
     pub transfer_timeout: Duration,
     /// Time for a client to send its receipt after the bytes.
     pub receipt_timeout: Duration,
@@ -51,6 +54,9 @@ pub struct Limits {
     /// Bytes a client may receive beyond what its receipts cover before it is refused (a
     /// single larger fragment is still served when nothing is outstanding).
     pub receipt_credit: u64,
+    /// Upload bandwidth for fragment bytes, in bytes per second, shared by all fetch streams
+    /// (see [`crate::throttle`]); `None` is unlimited.
+    pub upload_limit: Option<NonZeroU32>,
 }
 
 impl Default for Limits {
@@ -64,6 +70,7 @@ impl Default for Limits {
             receipt_timeout: Duration::from_secs(10),
             receipt_tickets: 100_000,
             receipt_credit: DEFAULT_RECEIPT_CREDIT,
+            upload_limit: None,
         }
     }
 }
@@ -156,6 +163,8 @@ pub(crate) struct Context {
     pub stats: Stats,
     /// Upload rate measured over fetches served.
     pub upload: UploadRate,
+    /// The one bucket every fetch stream draws its bytes from, if the upload is limited.
+    pub upload_limit: Option<UploadLimit>,
     pub limits: Limits,
     /// Permits are bytes of incoming fragment data.
     pub store_memory: Semaphore,
@@ -217,6 +226,7 @@ impl Server {
             )),
             stats: Stats::default(),
             upload: UploadRate::new(),
+            upload_limit: limits.upload_limit.map(UploadLimit::new),
             store_memory: Semaphore::new(limits.store_memory.max(MAX_FRAGMENT)),
             limits: limits.clone(),
         });
@@ -414,5 +424,70 @@ where
     match tokio::time::timeout(after, work).await {
         Ok(result) => result.map_err(StreamError::from),
         Err(_) => Err(StreamError::Timeout { what, after }),
+    }
+}
+
+/// A time limit that only the work passed to [`Budget::spend`] uses up, so that the node's
+/// own pauses in between (waiting for the upload limit) never count against a peer.
+pub(crate) struct Budget {
+    what: &'static str,
+    total: Duration,
+    left: Duration,
+}
+
+impl Budget {
+    /// `total` for all the work, naming `what` was awaited if it runs out.
+    pub fn new(what: &'static str, total: Duration) -> Self {
+        Self {
+            what,
+            total,
+            left: total,
+        }
+    }
+
+    /// Runs `work` within what is left of the budget, and takes its time off the budget.
+    pub async fn spend<T, E>(
+        &mut self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, StreamError>
+    where
+        StreamError: From<E>,
+    {
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.left, work).await;
+        self.left = self.left.saturating_sub(started.elapsed());
+        match result {
+            Ok(result) => result.map_err(StreamError::from),
+            Err(_) => Err(StreamError::Timeout {
+                what: self.what,
+                after: self.total,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn work(ms: u64) -> Result<(), std::io::Error> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_budget_counts_only_the_work_spent_from_it() {
+        let mut budget = Budget::new("delivery", Duration::from_millis(300));
+        budget.spend(work(100)).await.unwrap();
+        // Pauses between the pieces of work are free, however long.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        budget.spend(work(0)).await.unwrap();
+        // At most 200 ms are left; running out names the whole budget.
+        match budget.spend(work(1000)).await {
+            Err(StreamError::Timeout { what, after }) => {
+                assert_eq!((what, after), ("delivery", Duration::from_millis(300)));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
     }
 }

@@ -86,6 +86,24 @@ fn init_prints_the_peer_id_alone_and_errors_are_one_line() {
     let missing = tmp.path().join("missing");
     let out = node(&["run", "--data-dir", missing.to_str().unwrap()]);
     assert!(one_error_line(&out).contains("ccds-node init"));
+
+    // Upload limits take sizes, and must fit the limiter's counter.
+    let run_limited = |rate: &str| {
+        node(&[
+            "run",
+            "--data-dir",
+            missing.to_str().unwrap(),
+            "--upload-limit",
+            rate,
+        ])
+    };
+    for rate in ["200KiB", "5MiB", "0"] {
+        assert!(one_error_line(&run_limited(rate)).contains("ccds-node init"));
+    }
+    for rate in ["4GiB", "fast"] {
+        assert!(one_error_line(&run_limited(rate)).contains("--upload-limit"));
+    }
+    assert!(one_error_line(&run_limited("5GiB")).contains("below 4GiB"));
 }
 
 #[tokio::test]
@@ -111,6 +129,8 @@ async fn sigterm_leaves_the_collective_and_exits_zero() -> anyhow::Result<()> {
             dir.to_str().unwrap(),
             "--heartbeat-interval",
             "1h",
+            "--upload-limit",
+            "5MiB",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -73,6 +73,8 @@ pub struct Collective {
     pub nodes: Vec<Node>,
     /// Extra arguments for every `ccds-node run`.
     pub node_args: Vec<String>,
+    /// Each node's disk quota (`ccds-node init --quota`).
+    pub node_quota: String,
 }
 
 fn spawn_logged(name: &str, args: &[&str], log: &Path) -> Child {
@@ -107,6 +109,11 @@ impl Collective {
 
     /// Like [`Collective::start_on`], with extra arguments for every `ccds-node run`.
     pub fn start_full(ips: &[String], cm_args: &[&str], node_args: &[&str]) -> Self {
+        Self::start_sized(ips, cm_args, node_args, "1GiB")
+    }
+
+    /// Like [`Collective::start_full`], with each node's disk quota.
+    pub fn start_sized(ips: &[String], cm_args: &[&str], node_args: &[&str], quota: &str) -> Self {
         let n = ips.len();
         let tmp = tempfile::tempdir().unwrap();
         let cm_dir = tmp.path().join("cm");
@@ -134,6 +141,7 @@ impl Collective {
             cm_addr,
             nodes: Vec::new(),
             node_args: node_args.iter().map(|a| a.to_string()).collect(),
+            node_quota: quota.to_string(),
         };
         for (i, ip) in ips.iter().enumerate() {
             collective.add_node(i, ip);
@@ -154,7 +162,7 @@ impl Collective {
                 "--coordinator",
                 &self.cm_addr,
                 "--quota",
-                "1GiB",
+                &self.node_quota,
             ],
         );
         self.nodes.push(Node {
@@ -168,6 +176,11 @@ impl Collective {
 
     /// Starts the process of node `i` and waits until it has joined.
     fn spawn_node(&mut self, i: usize) {
+        self.spawn_node_with(i, &[]);
+    }
+
+    /// Like [`Collective::spawn_node`], with extra `ccds-node run` arguments for this start.
+    fn spawn_node_with(&mut self, i: usize, extra: &[&str]) {
         let node = &self.nodes[i];
         let ready = node.dir.join("node.addr");
         let _ = std::fs::remove_file(&ready);
@@ -189,6 +202,7 @@ impl Collective {
                 &format!("/ip4/{}/udp/0/quic-v1", node.ip),
             ])
             .args(&self.node_args)
+            .args(extra)
             .env("RUST_LOG", "info,libp2p=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -201,8 +215,13 @@ impl Collective {
 
     /// Restarts node `i` (killed or terminated before) on its own address and data.
     pub fn restart_node(&mut self, i: usize) {
+        self.restart_node_with(i, &[]);
+    }
+
+    /// Like [`Collective::restart_node`], with extra `ccds-node run` arguments for this start.
+    pub fn restart_node_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");
-        self.spawn_node(i);
+        self.spawn_node_with(i, extra);
     }
 
     /// Fragments of `content` in node `i`'s store.
@@ -275,19 +294,28 @@ impl Collective {
 
     /// Writes `size` pseudo-random bytes (seeded) to a file and returns its path.
     pub fn make_file(&self, name: &str, size: usize, seed: u64) -> PathBuf {
+        use std::io::Write;
         let path = self.path(name);
         let mut state = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let mut data = Vec::with_capacity(size);
-        while data.len() < size {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            data.extend_from_slice(&state.to_le_bytes());
+        // Written a MiB at a time: benchmarks make files of many GiB.
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut chunk = Vec::with_capacity(1 << 20);
+        let mut left = size;
+        while left > 0 {
+            chunk.clear();
+            while chunk.len() < (1 << 20).min(left) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.extend_from_slice(&state.to_le_bytes());
+            }
+            chunk.truncate((1 << 20).min(left));
+            file.write_all(&chunk).unwrap();
+            left -= chunk.len();
         }
-        data.truncate(size);
-        std::fs::write(&path, data).unwrap();
+        file.flush().unwrap();
         path
     }
 
