@@ -405,6 +405,7 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
     let (dropper, sleeper) = (by_holdings[0], by_holdings[1]);
     wait_all_reported(&c, now_secs());
     c.reconcile();
+    let first_run = now_secs();
 
     // The sleeper stops answering for a few seconds (SIGSTOP), then carries on: audits that
     // time out are re-checked, and pass.
@@ -445,8 +446,13 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
         sleeper_show["audits_failed"], 0,
         "slow once is not a failure: {sleeper_show}"
     );
-    // Storage is settled when a node lists its holdings: wait for the sleeper's next listing.
+    // Storage is settled when a node lists its holdings: wait for the sleeper's next listing,
+    // and for a period long enough that a third of a megabyte earns whole micro-credits.
     c.wait_reported(sleeper, resumed);
+    while now_secs() < first_run + 30 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.wait_reported(sleeper, first_run + 30);
     let run = c.reconcile();
     let dropper_show = c.node_show(dropper);
     assert_eq!(

@@ -125,6 +125,16 @@ fn parse_peer(s: &str) -> Result<PeerId, DbError> {
 }
 
 impl Db {
+    /// Begins a write transaction. SQLite's write lock is taken at `BEGIN` (waiting up to the
+    /// busy timeout for another writer), not at the first write: a transaction that reads first
+    /// and then finds another writer's commit newer than what it read fails at once
+    /// (`SQLITE_BUSY_SNAPSHOT`), and no waiting cures that.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Opens (creating and migrating if needed) the SQLite database at `path`.
     pub async fn open_sqlite(path: &Path) -> Result<Self, DbError> {
         let options = SqliteConnectOptions::new()
@@ -194,7 +204,7 @@ impl Db {
         used: u64,
         now: u64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         close_sessions(&mut tx, id, now, "rejoined").await?;
         sqlx::query("UPDATE nodes SET addrs = ?, quota = ?, used = ?, last_seen = ? WHERE id = ?")
             .bind(serde_json::to_string(addrs).expect("strings serialise"))
@@ -226,7 +236,7 @@ impl Db {
 
     /// Records a node going offline and why.
     pub async fn node_left(&self, id: &PeerId, now: u64, reason: &str) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         close_sessions(&mut tx, id, now, reason).await?;
         tx.commit().await?;
         Ok(())
@@ -312,7 +322,7 @@ impl Db {
         placements: &[Placement],
         now: u64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = content.id.to_string();
         sqlx::query(
             "INSERT INTO contents (id, partner, name, size, data_shards, parity_shards, manifest, content_key, created_at)
@@ -417,7 +427,7 @@ impl Db {
         content: &ContentId,
         repairs: &[RepairRow],
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = content.to_string();
         for r in repairs {
             if let Some(previous) = &r.previous {
@@ -516,7 +526,7 @@ impl Db {
         fragments: &[(ContentId, u32, u16)],
         now: u64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (c, s, i) in fragments {
             sqlx::query(
                 "UPDATE placements SET delete_sent_at = ? WHERE node = ? AND content = ? AND segment = ? AND idx = ? AND removed_at IS NOT NULL",

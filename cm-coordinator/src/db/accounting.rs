@@ -95,7 +95,7 @@ impl Db {
     pub async fn ingest_report(&self, report: &NodeReport, now: u64) -> Result<Ingested, DbError> {
         let body = &report.body;
         let node = body.node.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = ?")
             .bind(&node)
             .fetch_one(&mut *tx)
@@ -954,7 +954,7 @@ impl Db {
 
     /// Writes a reconciliation run in one transaction; returns the run's ID.
     pub async fn write_run(&self, w: &RunWrites) -> Result<i64, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let run: i64 = sqlx::query(
             "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -1041,7 +1041,7 @@ impl Db {
 
     /// Appends ledger entries outside a reconciliation run (payouts), in one transaction.
     pub async fn append_entries(&self, at: u64, entries: &[NewEntry]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         append(&mut tx, None, at, entries).await?;
         tx.commit().await?;
         Ok(())
