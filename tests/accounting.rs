@@ -417,10 +417,25 @@ fn a_node_that_drops_fragments_fails_audits_and_a_slow_one_is_not_punished() {
             .unwrap();
         assert!(status.success());
     };
-    signal("-STOP");
-    std::thread::sleep(Duration::from_secs(7));
-    signal("-CONT");
-    let resumed = now_secs();
+    // An audit times out only if one was sent early enough in the stop, before liveness marks
+    // the node offline (audits of offline nodes wait): stop again, up to three times, until a
+    // timed-out audit was contained.
+    let mut resumed = now_secs();
+    for _ in 0..3 {
+        signal("-STOP");
+        std::thread::sleep(Duration::from_secs(7));
+        signal("-CONT");
+        resumed = now_secs();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while c.node_show(sleeper)["audits_contained"].as_u64() < Some(1)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if c.node_show(sleeper)["audits_contained"].as_u64() >= Some(1) {
+            break;
+        }
+    }
 
     // The dropper deletes what it is paid to store.
     let dir = c.nodes[dropper].dir.join("fragments").join(&content);
