@@ -3,140 +3,41 @@
 //! when it starts again under the same ticket), and no ticket gets more from the node than its
 //! allowance.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use ccds_node::{Limits, ServeOptions, Server};
+use ccds_node::Limits;
+use common::fetching::{Client, Fixture};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use overlay::cert::{self, Certificate, Role};
-use overlay::codec::fragment_hash;
-use overlay::net::Net;
-use overlay::proto::{self, FetchRequest, FetchResponse, MAX_SMALL_MSG};
-use overlay::receipt::{Receipt, ReceiptBody};
-use overlay::store::{FragmentId, FragmentStore};
-use overlay::ticket::{Ticket, TicketBody};
-use overlay::time::now_secs;
-use overlay::{ContentId, Identity, Multiaddr, PeerId, Signed};
+use overlay::proto::{self, FetchResponse};
+use overlay::receipt::Receipt;
 
 const FRAGMENT: usize = 100_000;
 const FRAGMENTS: u16 = 8;
 const CREDIT: u64 = 250_000;
 
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()
+/// A node holding `FRAGMENTS` fragments of `FRAGMENT` bytes, with a credit of `CREDIT` bytes.
+async fn fixture() -> anyhow::Result<Fixture> {
+    let limits = Limits {
+        receipt_credit: CREDIT,
+        ..Limits::default()
+    };
+    Fixture::new(FRAGMENTS, FRAGMENT, limits).await
 }
 
-fn fragment(index: u16) -> FragmentId {
-    FragmentId {
-        content: ContentId([0x5e; 32]),
-        segment: 0,
-        index,
-    }
+/// The fetch exchange as these tests drive it.
+trait Fetch {
+    async fn fetch(
+        &mut self,
+        index: u16,
+        sign: bool,
+        catch_up: Option<&Receipt>,
+    ) -> anyhow::Result<FetchResponse>;
 }
 
-/// A node holding `FRAGMENTS` fragments of `FRAGMENT` bytes, with a credit of `CREDIT` bytes,
-/// and a partner that sells tickets for it.
-struct Fixture {
-    partner: Identity,
-    partner_cert: Certificate,
-    node: Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    async fn new() -> anyhow::Result<Self> {
-        let cm = Identity::generate();
-        let dir = tempfile::tempdir()?;
-        let store = FragmentStore::open(&dir.path().join("fragments"), 1 << 30, 1 << 20)?;
-        for index in 0..FRAGMENTS {
-            let data = vec![index as u8; FRAGMENT];
-            store.put(&fragment(index), &fragment_hash(&data), &data)?;
-        }
-        let node = Server::start(ServeOptions {
-            identity: Identity::generate(),
-            cm: cm.peer_id(),
-            store: Arc::new(store),
-            receipts_log: dir.path().join("receipts.jsonl"),
-            listen: vec![loopback()],
-            limits: Limits {
-                receipt_credit: CREDIT,
-                ..Limits::default()
-            },
-        })
-        .await?;
-        let partner = Identity::generate();
-        let partner_cert = cert::issue(&cm, partner.peer_id(), Role::Partner, 7, now_secs(), 3600);
-        Ok(Self {
-            partner,
-            partner_cert,
-            node,
-            _dir: dir,
-        })
-    }
-
-    /// A client with its own ticket (`allowance` bytes) and network endpoint.
-    async fn client(&self, ticket_id: u8, allowance: u64) -> anyhow::Result<Client> {
-        let identity = Identity::generate();
-        let net = Net::start(&identity, &[loopback()]).await?;
-        net.add_addresses(self.node.peer_id(), vec![self.node.addr()]);
-        let ticket = Ticket::issue(
-            &self.partner,
-            self.partner_cert.clone(),
-            TicketBody {
-                ticket_id: [ticket_id; 16],
-                content: fragment(0).content,
-                client: identity.peer_id(),
-                not_after: now_secs() + 600,
-                allowance,
-            },
-        );
-        Ok(Client {
-            identity,
-            net,
-            ticket,
-            node: self.node.peer_id(),
-            fragments: 0,
-            bytes: 0,
-            seq: 0,
-            adopt: true,
-        })
-    }
-}
-
-/// A client keeping cumulative receipt totals for the one node.
-struct Client {
-    identity: Identity,
-    net: Net,
-    ticket: Ticket,
-    node: PeerId,
-    fragments: u64,
-    bytes: u64,
-    seq: u64,
-    /// Whether it continues from the receipt the node sends back when that one is newer.
-    adopt: bool,
-}
-
-impl Client {
-    /// The next cumulative receipt, after `bytes` more arrived.
-    fn receipt(&mut self, bytes: u64) -> Receipt {
-        self.fragments += 1;
-        self.bytes += bytes;
-        self.seq += 1;
-        Signed::sign(
-            &self.identity,
-            ReceiptBody {
-                ticket_id: self.ticket.body().ticket_id,
-                content: self.ticket.body().content,
-                node: self.node,
-                fragments: self.fragments,
-                bytes: self.bytes,
-                seq: self.seq,
-                time: now_secs(),
-            },
-        )
-    }
-
+impl Fetch for Client {
     /// Fetches fragment `index`, signing a receipt for its bytes if `sign`; returns the answer.
     /// After a refusal, `catch_up` (if any) is sent on the same stream.
     async fn fetch(
@@ -145,15 +46,7 @@ impl Client {
         sign: bool,
         catch_up: Option<&Receipt>,
     ) -> anyhow::Result<FetchResponse> {
-        let mut stream = self.net.open(self.node, proto::FETCH).await?;
-        let request = FetchRequest {
-            ticket: self.ticket.clone(),
-            content: self.ticket.body().content,
-            segment: 0,
-            index,
-        };
-        proto::write_msg(&mut stream, &request).await?;
-        let response: FetchResponse = proto::read_msg(&mut stream, MAX_SMALL_MSG).await?;
+        let (mut stream, response) = self.ask(index).await?;
         match &response {
             FetchResponse::Ok { len, receipt } => {
                 if let Some(kept) = receipt
@@ -195,7 +88,7 @@ fn refused_with(response: &FetchResponse, starting: &str) -> anyhow::Result<Stri
 
 #[tokio::test]
 async fn a_client_without_receipts_is_cut_off_after_the_credit() -> anyhow::Result<()> {
-    let f = Fixture::new().await?;
+    let f = fixture().await?;
     let mut freeloader = f.client(1, 1 << 30).await?;
     let ticket_id = [1; 16];
     let ok = FetchResponse::Ok {
@@ -246,7 +139,7 @@ async fn a_client_without_receipts_is_cut_off_after_the_credit() -> anyhow::Resu
 
 #[tokio::test]
 async fn a_client_that_signs_receipts_is_served_throughout() -> anyhow::Result<()> {
-    let f = Fixture::new().await?;
+    let f = fixture().await?;
     let mut honest = f.client(2, 1 << 30).await?;
     let rounds = 3;
     for _ in 0..rounds {
@@ -281,43 +174,21 @@ async fn a_client_that_signs_receipts_is_served_throughout() -> anyhow::Result<(
     Ok(())
 }
 
-/// Waits until every byte the node served under `ticket_id` is covered by a receipt (receipts
-/// arrive after the client closes its side).
-async fn settled(f: &Fixture, ticket_id: &[u8; 16]) -> u64 {
-    for _ in 0..100 {
-        if f.node.ticket_count(ticket_id).outstanding == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f.node.ticket_count(ticket_id).outstanding
-}
-
 #[tokio::test]
 async fn a_client_starting_again_under_its_ticket_continues_from_the_nodes_receipt()
 -> anyhow::Result<()> {
-    let f = Fixture::new().await?;
+    let f = fixture().await?;
     let ticket_id = [4; 16];
     let mut first = f.client(4, 1 << 30).await?;
     for index in 0..3 {
         let answer = first.fetch(index, true, None).await?;
         assert!(matches!(answer, FetchResponse::Ok { .. }), "{answer:?}");
     }
-    assert_eq!(settled(&f, &ticket_id).await, 0);
+    assert_eq!(f.settled(&ticket_id).await, 0);
 
     // The same client downloads again, its counters starting from zero: the node's answer
     // carries the receipt it kept, and the client's totals continue from it.
-    let restart = |c: &Client, adopt: bool| Client {
-        identity: c.identity.clone(),
-        net: c.net.clone(),
-        ticket: c.ticket.clone(),
-        node: c.node,
-        fragments: 0,
-        bytes: 0,
-        seq: 0,
-        adopt,
-    };
-    let mut second = restart(&first, true);
+    let mut second = first.restarted(true);
     for round in 0..2 {
         for index in 0..FRAGMENTS {
             let answer = second.fetch(index, true, None).await?;
@@ -327,7 +198,7 @@ async fn a_client_starting_again_under_its_ticket_continues_from_the_nodes_recei
             );
         }
     }
-    assert_eq!(settled(&f, &ticket_id).await, 0);
+    assert_eq!(f.settled(&ticket_id).await, 0);
     let total = (3 + 2 * u64::from(FRAGMENTS)) * FRAGMENT as u64;
     assert!(total > 5 * CREDIT, "the test must go well past the credit");
     let kept = f.node.latest_receipt(&ticket_id).unwrap();
@@ -336,7 +207,7 @@ async fn a_client_starting_again_under_its_ticket_continues_from_the_nodes_recei
 
     // Counting from zero instead, its receipts are stale to the node, which cuts it off after
     // the credit: the reason the node sends its receipt back.
-    let mut forgetful = restart(&first, false);
+    let mut forgetful = first.restarted(false);
     let mut refused = None;
     for index in 0..FRAGMENTS {
         if let FetchResponse::Refused(reason) = forgetful.fetch(index, true, None).await? {
@@ -352,7 +223,7 @@ async fn a_client_starting_again_under_its_ticket_continues_from_the_nodes_recei
 
 #[tokio::test]
 async fn no_ticket_gets_more_than_its_allowance_from_a_node() -> anyhow::Result<()> {
-    let f = Fixture::new().await?;
+    let f = fixture().await?;
     let allowance = 2 * FRAGMENT as u64 + 1;
     let mut buyer = f.client(3, allowance).await?;
     for index in 0..2 {

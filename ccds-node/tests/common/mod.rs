@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fetching;
+
 use std::path::Path;
 use std::time::Duration;
 
