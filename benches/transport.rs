@@ -7,7 +7,7 @@
 #[path = "support/transport.rs"]
 mod transport;
 
-use transport::{libp2p_stream, raw_quinn};
+use transport::{libp2p_stream, raw_quinn, raw_quinn_with};
 
 fn report(name: &str, bytes: u64, secs: f64, cpu: f64) {
     let gib = bytes as f64 / (1u64 << 30) as f64;
@@ -29,6 +29,17 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (secs, cpu) = rt.block_on(raw_quinn(size));
     report("raw quinn, one stream", size, secs, cpu);
+    // The same raw quinn stream under each TLS 1.3 cipher suite: the AEAD is most of QUIC's
+    // cost per byte, so the suite a transport negotiates decides much of its speed.
+    use rustls::crypto::ring::cipher_suite as suite;
+    for (name, suite) in [
+        ("  AES-128-GCM", suite::TLS13_AES_128_GCM_SHA256),
+        ("  AES-256-GCM", suite::TLS13_AES_256_GCM_SHA384),
+        ("  ChaCha20-Poly1305", suite::TLS13_CHACHA20_POLY1305_SHA256),
+    ] {
+        let (secs, cpu) = rt.block_on(raw_quinn_with(size, Some(suite)));
+        report(name, size, secs, cpu);
+    }
     let (secs, cpu) = rt.block_on(libp2p_stream(size));
     report("libp2p QUIC + libp2p-stream", size, secs, cpu);
 }

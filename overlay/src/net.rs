@@ -356,6 +356,29 @@ mod tests {
     use super::*;
     use futures::{AsyncReadExt, AsyncWriteExt};
 
+    /// The dialer's order picks the TLS 1.3 suite that seals every QUIC packet; the workspace
+    /// patches libp2p-tls to put AES-GCM first (vendor/libp2p-tls/README.md).
+    #[test]
+    fn quic_offers_aes_gcm_before_chacha20() {
+        use libp2p::identity::Keypair;
+        use rustls::CipherSuite;
+        let keypair = Keypair::generate_ed25519();
+        let client = libp2p_tls::make_client_config(&keypair, None).unwrap();
+        let server = libp2p_tls::make_server_config(&keypair).unwrap();
+        for provider in [client.crypto_provider(), server.crypto_provider()] {
+            let suites: Vec<CipherSuite> =
+                provider.cipher_suites.iter().map(|s| s.suite()).collect();
+            assert_eq!(
+                suites,
+                [
+                    CipherSuite::TLS13_AES_128_GCM_SHA256,
+                    CipherSuite::TLS13_AES_256_GCM_SHA384,
+                    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+                ]
+            );
+        }
+    }
+
     #[tokio::test]
     async fn streams_flow_between_two_swarms() {
         let listen: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
