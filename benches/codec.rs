@@ -20,9 +20,7 @@ use std::hint::black_box;
 use std::thread;
 use std::time::Duration;
 
-use aes_gcm::aead::consts::U12;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use overlay::codec::{SegmentCodec, fragment_hash};
 use overlay::manifest::{TAG_LEN, fragment_len};
@@ -40,23 +38,23 @@ const AAD: &[u8] = b"ccds/segment/v1";
 
 /// The codec's building blocks used directly, on one buffer of `k + m` contiguous shards.
 struct Primitives {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     rs: ReedSolomon,
 }
 
 impl Primitives {
     fn new() -> Self {
         Self {
-            cipher: Aes256Gcm::new(&KEY.into()),
+            cipher: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &KEY).unwrap()),
             rs: ReedSolomon::new(K, M).unwrap(),
         }
     }
 
     /// The codec's nonce: the segment index, little-endian.
-    fn nonce() -> Nonce<U12> {
+    fn nonce() -> Nonce {
         let mut n = [0u8; 12];
         n[..8].copy_from_slice(&INDEX.to_le_bytes());
-        n.into()
+        Nonce::assume_unique_for_key(n)
     }
 
     /// Encrypts the plaintext in `buf[..SEGMENT]` in place and turns `buf` into `k + m`
@@ -64,9 +62,9 @@ impl Primitives {
     fn encode(&self, buf: &mut [u8]) -> Vec<[u8; 32]> {
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&Self::nonce(), AAD, &mut buf[..SEGMENT])
+            .seal_in_place_separate_tag(Self::nonce(), Aad::from(AAD), &mut buf[..SEGMENT])
             .unwrap();
-        buf[SEGMENT..SEGMENT + TAG_LEN].copy_from_slice(&tag);
+        buf[SEGMENT..SEGMENT + TAG_LEN].copy_from_slice(tag.as_ref());
         let mut shards: Vec<&mut [u8]> = buf.chunks_exact_mut(LEN).collect();
         self.rs.encode(&mut shards).unwrap();
         buf.chunks_exact(LEN)
@@ -87,9 +85,8 @@ impl Primitives {
         if !present[..K].iter().all(|&p| p) {
             self.rs.reconstruct_data(&mut shards).unwrap();
         }
-        let tag = Tag::clone_from_slice(&buf[SEGMENT..SEGMENT + TAG_LEN]);
         self.cipher
-            .decrypt_in_place_detached(&Self::nonce(), AAD, &mut buf[..SEGMENT], &tag)
+            .open_in_place(Self::nonce(), Aad::from(AAD), &mut buf[..SEGMENT + TAG_LEN])
             .unwrap();
     }
 }
