@@ -1,7 +1,8 @@
 //! End to end: a download from 12 local node processes (k=8, m=4, 8 MiB segments) by the real
 //! `ccds-client`, next to the transport baselines measured in the same run (one raw quinn stream
 //! and one libp2p-stream, both endpoints in this process), then the same download with one node
-//! throttled to a tenth of the others' upload rate (the tail).
+//! throttled to a tenth of the others' upload rate (the tail), and last a plain write of the
+//! same bytes to a new file: the part of a download's cost that is the disk's, not CCDS's.
 //!
 //!     cargo bench --bench e2e                      # 1 GiB
 //!     CCDS_E2E_SIZE=10GiB cargo bench --bench e2e  # any size (disk: about 4.5 × the size)
@@ -165,6 +166,38 @@ fn download(
     })
 }
 
+/// What writing the download costs by itself: `size` bytes written to a new file at `path` in
+/// 8 MiB pieces, each made durable before the next, as the client writes segments. Returns
+/// (wall seconds, CPU seconds of this thread).
+fn plain_write(path: &Path, size: u64) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write;
+    let thread_cpu = || {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        #[allow(unsafe_code)]
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+            usage.assume_init()
+        };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(usage.ru_utime) + t(usage.ru_stime)
+    };
+    let piece = vec![0x5au8; 8 << 20];
+    let (started, cpu) = (Instant::now(), thread_cpu());
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0;
+    while written < size {
+        let n = (size - written).min(piece.len() as u64) as usize;
+        file.write_all(&piece[..n])?;
+        file.sync_data()?;
+        written += n as u64;
+    }
+    let result = (started.elapsed().as_secs_f64(), thread_cpu() - cpu);
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(result)
+}
+
 fn size_from_env() -> anyhow::Result<u64> {
     match std::env::var("CCDS_E2E_SIZE") {
         Ok(s) => Ok(s
@@ -235,6 +268,7 @@ fn main() -> anyhow::Result<()> {
     c.terminate_node(0);
     c.restart_node_with(0, &["--upload-limit", &limit.to_string()]);
     let tail = download(&c, &content, &file, "tail")?;
+    let write = plain_write(&c.path("plain-write.out"), size)?;
 
     println!();
     println!(
@@ -253,6 +287,13 @@ fn main() -> anyhow::Result<()> {
         size,
         libp2p.0,
         libp2p.1,
+        baseline,
+    );
+    row(
+        "plain write of the same bytes to a new file",
+        size,
+        write.0,
+        write.1,
         baseline,
     );
     for (name, d) in [

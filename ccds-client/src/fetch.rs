@@ -1,7 +1,9 @@
 //! `/ccds/fetch/1`, client side: one fragment from one node, verified, then receipted.
 //!
 //! # Participants
-//! The client and one node, over one stream per fragment.
+//! The client and one node, over one stream that carries the download's fetches from that
+//! node one after another: a stream is parked after a good exchange and taken up by the next
+//! fetch to the same node, which saves opening and negotiating a stream per fragment.
 //!
 //! # Goals
 //! * The length the node announces must be the manifest's before anything is read, and the
@@ -13,8 +15,9 @@
 //! # Non-goals
 //! Choosing nodes or retrying: the outcome goes back to the [`crate::scheduler`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +31,7 @@ use overlay::ticket::Ticket;
 use tracing::{debug, instrument};
 
 use crate::accounting::Accounting;
+use crate::pool::BufferPool;
 use crate::rate::RateLimiter;
 use crate::scheduler::Outcome;
 
@@ -57,11 +61,45 @@ pub struct FetchContext {
     pub ticket: Ticket,
     pub limiter: RateLimiter,
     pub accounting: Arc<Accounting>,
+    /// Fragment buffers, reused across fetches.
+    pub buffers: Arc<BufferPool>,
+    /// Streams parked after a good exchange, at most one per node, for the next fetch there.
+    pub idle: Mutex<HashMap<PeerId, libp2p::Stream>>,
+}
+
+impl FetchContext {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, libp2p::Stream>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the parked streams, telling their nodes the download is done with them.
+    pub async fn close_idle(&self) {
+        let streams: Vec<libp2p::Stream> = self.idle().drain().map(|(_, s)| s).collect();
+        let closes = streams.into_iter().map(|mut s| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.close()).await;
+        });
+        futures::future::join_all(closes).await;
+    }
 }
 
 /// Fetches one fragment. Returns the outcome, and the bytes when they were verified.
 #[instrument(skip_all, fields(node = %job.node, segment = job.segment, index = job.index))]
 pub async fn fetch(ctx: &FetchContext, job: &FetchJob) -> (Outcome, Option<Vec<u8>>) {
+    let parked = ctx.idle().remove(&job.node);
+    if let Some(mut stream) = parked {
+        match exchange(ctx, job, &mut stream).await {
+            Ok(data) => return finish(ctx, job, stream, data),
+            // The node may have ended the stream while it was parked: nothing came back, so
+            // the request goes again on a fresh stream.
+            Err(Outcome::Broken(reason)) if job.received.load(Ordering::Relaxed) == 0 => {
+                debug!(%reason, "parked stream unusable; opening a fresh one");
+            }
+            Err(outcome) => {
+                debug!(?outcome, "fetch failed");
+                return (outcome, None);
+            }
+        }
+    }
     let mut stream = match ctx
         .net
         .open_with(job.node, proto::FETCH, 1, OPEN_TIMEOUT)
@@ -74,15 +112,27 @@ pub async fn fetch(ctx: &FetchContext, job: &FetchJob) -> (Outcome, Option<Vec<u
         }
     };
     match exchange(ctx, job, &mut stream).await {
-        Ok(data) => {
-            let bytes = data.len() as u64;
-            (Outcome::Verified { bytes }, Some(data))
-        }
+        Ok(data) => finish(ctx, job, stream, data),
         Err(outcome) => {
             debug!(?outcome, "fetch failed");
             (outcome, None)
         }
     }
+}
+
+/// A verified fragment: its stream is parked for the next fetch from the node when the whole
+/// exchange went through (the receipt included).
+fn finish(
+    ctx: &FetchContext,
+    job: &FetchJob,
+    stream: libp2p::Stream,
+    (data, reusable): (Vec<u8>, bool),
+) -> (Outcome, Option<Vec<u8>>) {
+    if reusable {
+        ctx.idle().insert(job.node, stream);
+    }
+    let bytes = data.len() as u64;
+    (Outcome::Verified { bytes }, Some(data))
 }
 
 async fn timed<T, E: std::fmt::Display>(
@@ -98,12 +148,13 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-/// The exchange on an open stream; generic so that it can run over any byte stream.
+/// The exchange on an open stream; generic so that it can run over any byte stream. Returns
+/// the verified bytes, and whether the stream can carry another exchange.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &FetchContext,
     job: &FetchJob,
     stream: &mut S,
-) -> Result<Vec<u8>, Outcome> {
+) -> Result<(Vec<u8>, bool), Outcome> {
     let request = FetchRequest {
         ticket: ctx.ticket.clone(),
         content: ctx.ticket.body().content,
@@ -134,9 +185,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             job.len
         )));
     }
-    let data = read_limited(ctx, stream, len, &job.received).await?;
+    let mut data = ctx.buffers.take(len);
+    if let Err(outcome) = read_limited(ctx, stream, &mut data, &job.received).await {
+        ctx.buffers.give(data);
+        return Err(outcome);
+    }
     let hash = fragment_hash(&data);
     if hash != job.hash {
+        ctx.buffers.give(data);
         return Err(Outcome::Mismatch(format!(
             "fragment hashes to {}, the manifest says {}",
             hex::encode(&hash[..8]),
@@ -149,14 +205,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let receipt = Signed::sign(&ctx.identity, body);
     // The fragment is good whatever happens to the receipt; the node's problem if it is lost.
     match timed("sending the receipt", proto::write_msg(stream, &receipt)).await {
-        Ok(()) => {
-            if let Err(e) = timed("closing the stream", stream.close()).await {
-                debug!(?e, "closing the fetch stream failed");
-            }
+        Ok(()) => Ok((data, true)),
+        Err(e) => {
+            debug!(?e, "receipt not delivered");
+            Ok((data, false))
         }
-        Err(e) => debug!(?e, "receipt not delivered"),
     }
-    Ok(data)
 }
 
 /// Continues this client's receipt totals for the node from the receipt the node kept for the
@@ -178,15 +232,15 @@ fn continue_receipts(ctx: &FetchContext, job: &FetchJob, kept: &Receipt) {
     }
 }
 
-/// Reads exactly `len` bytes (already checked against the manifest) in chunks, paced by the
+/// Fills `data` (its length already checked against the manifest) in chunks, paced by the
 /// rate limiter, with a timeout on each chunk; `received` follows the progress.
 async fn read_limited<S: AsyncRead + Unpin>(
     ctx: &FetchContext,
     stream: &mut S,
-    len: usize,
+    data: &mut [u8],
     received: &AtomicU64,
-) -> Result<Vec<u8>, Outcome> {
-    let mut data = vec![0u8; len];
+) -> Result<(), Outcome> {
+    let len = data.len();
     let mut filled = 0;
     while filled < len {
         let end = (filled + ctx.limiter.chunk()).min(len);
@@ -200,5 +254,5 @@ async fn read_limited<S: AsyncRead + Unpin>(
         received.store(filled as u64, Ordering::Relaxed);
         ctx.limiter.consume(n as u64).await;
     }
-    Ok(data)
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub mod download;
 pub mod error;
 pub mod fetch;
 pub mod output;
+pub mod pool;
 pub mod rate;
 pub mod resume;
 pub mod scheduler;

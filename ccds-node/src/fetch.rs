@@ -1,7 +1,12 @@
-//! `/ccds/fetch/1`: serving one fragment to a ticket holder.
+//! `/ccds/fetch/1`: serving fragments to a ticket holder.
 //!
 //! # Participants
 //! A client holding a ticket, and this node.
+//!
+//! # The exchange
+//! request (ticket + fragment) → answer (+ the fragment's bytes) → receipt, then the client may
+//! send its next request on the same stream: a download keeps one stream per node rather than
+//! opening one per fragment. Every request carries its ticket and is checked on its own.
 //!
 //! # Goals
 //! * Bytes go only to the client a valid ticket names: the ticket must chain to the pinned CM
@@ -40,17 +45,59 @@ use crate::serve::{Budget, Context, Stats, StreamError, within};
 /// [`crate::throttle::UploadLimit::chunk`]).
 const CHUNK: usize = 256 * 1024;
 
-/// Serves one inbound `/ccds/fetch/1` stream.
+/// Serves one inbound `/ccds/fetch/1` stream: requests one after another, until the client
+/// closes the stream, leaves it idle for [`Limits::fetch_idle`](crate::serve::Limits), or a
+/// request ends it.
 pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p::Stream) {
-    let span = info_span!(
-        "fetch",
-        peer = %remote,
-        ticket = field::Empty,
-        fragment = field::Empty
-    );
+    let span = info_span!("fetch", peer = %remote);
     async move {
-        if let Err(e) = exchange(&ctx, remote, &mut stream).await {
-            warn!(error = %e, "fetch stream failed");
+        let mut served = 0u64;
+        loop {
+            let request = if served == 0 {
+                within(
+                    ctx.limits.header_timeout,
+                    "fetch request",
+                    proto::read_msg::<_, FetchRequest>(&mut stream, MAX_SMALL_MSG),
+                )
+                .await
+            } else {
+                // Between requests the client may simply be done: an end, a reset or silence
+                // here is not a failure.
+                match within(
+                    ctx.limits.fetch_idle,
+                    "next fetch request",
+                    proto::read_msg::<_, FetchRequest>(&mut stream, MAX_SMALL_MSG),
+                )
+                .await
+                {
+                    Err(StreamError::Frame(FrameError::Io(_)) | StreamError::Timeout { .. }) => {
+                        debug!(requests = served, "fetch stream ended");
+                        break;
+                    }
+                    other => other,
+                }
+            };
+            let outcome = match request {
+                Ok(request) => {
+                    let span = info_span!(
+                        "request",
+                        ticket = %hex::encode(request.ticket.body().ticket_id),
+                        fragment = field::Empty
+                    );
+                    exchange(&ctx, remote, &mut stream, request)
+                        .instrument(span)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Next::Continue) => served += 1,
+                Ok(Next::End) => break,
+                Err(e) => {
+                    warn!(error = %e, "fetch stream failed");
+                    break;
+                }
+            }
         }
         let _ = stream.close().await;
     }
@@ -58,20 +105,19 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
     .await
 }
 
+/// Whether a stream may carry another request after one exchange.
+enum Next {
+    Continue,
+    End,
+}
+
 async fn exchange(
     ctx: &Arc<Context>,
     remote: PeerId,
     stream: &mut libp2p::Stream,
-) -> Result<(), StreamError> {
-    let request: FetchRequest = within(
-        ctx.limits.header_timeout,
-        "fetch request",
-        proto::read_msg(stream, MAX_SMALL_MSG),
-    )
-    .await?;
-    let claimed = request.ticket.body();
+    request: FetchRequest,
+) -> Result<Next, StreamError> {
     let span = tracing::Span::current();
-    span.record("ticket", field::display(hex::encode(claimed.ticket_id)));
     let ticket = match request
         .ticket
         .verify_for(&ctx.cm, now_secs(), &request.content, &remote)
@@ -81,7 +127,7 @@ async fn exchange(
             Stats::bump(&ctx.stats.fetch_refused);
             warn!(reason = %e, "fetch refused");
             proto::write_msg(stream, &FetchResponse::Refused(e.to_string())).await?;
-            return Ok(());
+            return Ok(Next::End);
         }
     };
     let id = FragmentId {
@@ -98,25 +144,25 @@ async fn exchange(
             Stats::bump(&ctx.stats.not_found);
             debug!("fragment not held here");
             proto::write_msg(stream, &FetchResponse::NotFound).await?;
-            return Ok(());
+            return Ok(Next::Continue);
         }
         Ok(Err(StoreError::Corrupt { .. })) => {
             Stats::bump(&ctx.stats.corrupt);
             warn!("local copy of the fragment is corrupt; it has been dropped");
             proto::write_msg(stream, &FetchResponse::Corrupt).await?;
-            return Ok(());
+            return Ok(Next::Continue);
         }
         Ok(Err(e)) => {
             error!(error = %e, "cannot read fragment");
             let reason = "the node cannot read its copy of this fragment".to_string();
             proto::write_msg(stream, &FetchResponse::Refused(reason)).await?;
-            return Ok(());
+            return Ok(Next::Continue);
         }
         Err(e) => {
             error!(error = %e, "read task failed");
             let reason = "internal error on the node".to_string();
             proto::write_msg(stream, &FetchResponse::Refused(reason)).await?;
-            return Ok(());
+            return Ok(Next::Continue);
         }
     };
     // The store only ever accepts fragments up to MAX_FRAGMENT, far below u32::MAX.
@@ -133,8 +179,9 @@ async fn exchange(
         proto::write_msg(stream, &FetchResponse::Refused(refusal.to_string())).await?;
         if matches!(refusal, credit::Refusal::ReceiptsLag { .. }) {
             catch_up(ctx, &ticket, stream).await;
+            return Ok(Next::End);
         }
-        return Ok(());
+        return Ok(Next::Continue);
     }
     // The delivery is timed up to the receipt (see `crate::upload` for why), waits for the
     // upload limit included: the rate is what the client got.
@@ -161,18 +208,20 @@ async fn exchange(
             if let Some(rate) = ctx.upload.record(u64::from(len), started.elapsed()) {
                 debug!(rate, "upload rate sampled");
             }
-            keep_receipt(ctx, &ticket, receipt).await
+            keep_receipt(ctx, &ticket, receipt).await;
+            Ok(Next::Continue)
         }
         Err(StreamError::Frame(e @ (FrameError::Decode(_) | FrameError::TooLarge { .. }))) => {
             Stats::bump(&ctx.stats.receipts_invalid);
             warn!(error = %e, "malformed receipt");
+            Ok(Next::End)
         }
         Err(e) => {
             Stats::bump(&ctx.stats.receipts_missing);
             warn!(error = %e, "no receipt for a served fragment");
+            Ok(Next::End)
         }
     }
-    Ok(())
 }
 
 /// Writes the answer and the fragment's bytes, waiting for the upload limit (if any) before

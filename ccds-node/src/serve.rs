@@ -44,6 +44,8 @@ pub struct Limits {
     pub store_memory: usize,
     /// Time for a peer to send its request header.
     pub header_timeout: Duration,
+    /// Time a fetch stream may stay idle between two requests before the node ends it.
+    pub fetch_idle: Duration,
     /// Time for one fragment's bytes to cross the stream, either way. Time a fetch waits for
     /// the upload limit does not count: that is the node's own pacing, not a slow peer.
     pub transfer_timeout: Duration,
@@ -66,6 +68,7 @@ impl Default for Limits {
             fetch_streams: 256,
             store_memory: 256 << 20,
             header_timeout: Duration::from_secs(10),
+            fetch_idle: Duration::from_secs(30),
             transfer_timeout: Duration::from_secs(300),
             receipt_timeout: Duration::from_secs(10),
             receipt_tickets: 100_000,

@@ -91,6 +91,21 @@ impl SegmentCodec {
         plain_len: usize,
         mut fragments: Vec<Option<Vec<u8>>>,
     ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        self.decode_into(index, plain_len, &mut fragments, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decode`] into `out` (cleared first; a buffer with room for `k` fragments is
+    /// filled without reallocating). The fragments stay with the caller, data fragments that
+    /// were missing now rebuilt, so that their buffers can be reused.
+    pub fn decode_into(
+        &self,
+        index: u64,
+        plain_len: usize,
+        fragments: &mut Vec<Option<Vec<u8>>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let len = fragment_len(plain_len, self.k);
         fragments.resize(self.k + self.m.max(1), None);
         let have = fragments.iter().filter(|f| f.is_some()).count();
@@ -108,15 +123,16 @@ impl SegmentCodec {
         }
         if fragments[..self.k].iter().any(Option::is_none) {
             self.rs
-                .reconstruct_data(&mut fragments)
+                .reconstruct_data(fragments)
                 .map_err(|_| CodecError::TooFewFragments {
                     needed: self.k,
                     have,
                 })?;
         }
-        let mut out = Vec::with_capacity(self.k * len);
-        for f in fragments.into_iter().take(self.k) {
-            out.extend_from_slice(&f.expect("reconstructed"));
+        out.clear();
+        out.reserve(self.k * len);
+        for f in fragments.iter().take(self.k) {
+            out.extend_from_slice(f.as_deref().expect("reconstructed"));
         }
         // Ciphertext and tag, without the padding that rounds the segment to k fragments.
         self.cipher
@@ -127,7 +143,7 @@ impl SegmentCodec {
             )
             .map_err(|_| CodecError::Decrypt(index))?;
         out.truncate(plain_len);
-        Ok(out)
+        Ok(())
     }
 }
 
