@@ -98,18 +98,23 @@ fn publish_segment(codec: &SegmentCodec, plain: &[u8]) -> Vec<[u8; 32]> {
 }
 
 /// What the client does with the `k` fragments it received for a segment
-/// (`ccds-client/src/fetch.rs` hashes each one, then the segment is decoded).
+/// (`ccds-client/src/fetch.rs` hashes each one, then the segment is decoded into a reused
+/// segment buffer, `out`). Returns the fragments, which the client puts back in its pool.
 fn fetch_segment(
     codec: &SegmentCodec,
-    received: Vec<Option<Vec<u8>>>,
+    mut received: Vec<Option<Vec<u8>>>,
     hashes: &[[u8; 32]],
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) -> Vec<Option<Vec<u8>>> {
     for (f, hash) in received.iter().zip(hashes) {
         if let Some(f) = f {
             assert!(&fragment_hash(f) == hash, "fragment corrupted");
         }
     }
-    codec.decode(INDEX, SEGMENT, received).unwrap()
+    codec
+        .decode_into(INDEX, SEGMENT, &mut received, out)
+        .unwrap();
+    received
 }
 
 fn plaintext() -> Vec<u8> {
@@ -170,7 +175,9 @@ fn decode(c: &mut Criterion) {
                 shard.copy_from_slice(f);
             }
         }
-        assert_eq!(fetch_segment(&codec, received.clone(), &hashes), plain);
+        let mut out = Vec::new();
+        fetch_segment(&codec, received.clone(), &hashes, &mut out);
+        assert_eq!(out, plain);
         let mut check = contiguous.clone();
         raw.decode(&mut check, &present, &hashes);
         assert_eq!(
@@ -182,7 +189,7 @@ fn decode(c: &mut Criterion) {
         g.bench_function(format!("ccds/{path}"), |b| {
             b.iter_batched(
                 || received.clone(),
-                |received| fetch_segment(&codec, received, &hashes),
+                |received| fetch_segment(&codec, received, &hashes, &mut out),
                 BatchSize::PerIteration,
             )
         });

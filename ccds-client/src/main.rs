@@ -50,6 +50,7 @@ enum Command {
 }
 
 fn main() {
+    return_large_buffers_to_the_os();
     let cli = Cli::parse();
     overlay::logging::init("warn,ccds_client=info");
     if let Err(e) = run(cli) {
@@ -60,6 +61,20 @@ fn main() {
         );
         // 130: the shell's code for a process stopped by SIGINT.
         std::process::exit(if interrupted { 130 } else { 1 });
+    }
+}
+
+/// Makes glibc serve every allocation of 256 KiB or more with its own mapping, returned to the
+/// system when freed. By default glibc raises that threshold to the largest block freed so far,
+/// so fragment and segment buffers land in its heaps, where fragmentation let a download's
+/// peak RSS grow with the content's size (1 GiB: 115 MiB; 10 GiB: 156 MiB). The buffers the
+/// download reuses are pooled, so this costs no extra system calls on the hot path.
+fn return_large_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets a tunable; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
 

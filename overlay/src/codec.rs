@@ -64,8 +64,11 @@ impl SegmentCodec {
     pub fn encode(&self, index: u64, plain: &[u8]) -> Vec<Bytes> {
         let len = fragment_len(plain.len(), self.k);
         let parity = self.m.max(1);
-        let mut buf = vec![0u8; (self.k + parity) * len];
-        buf[..plain.len()].copy_from_slice(plain);
+        // The plaintext, then zeros for the tag, the padding and the parity: no byte is
+        // written twice before the cipher and Reed-Solomon overwrite them.
+        let mut buf = Vec::with_capacity((self.k + parity) * len);
+        buf.extend_from_slice(plain);
+        buf.resize((self.k + parity) * len, 0);
         let tag = self
             .cipher
             .seal_in_place_separate_tag(nonce(index), Aad::from(AAD), &mut buf[..plain.len()])
