@@ -32,7 +32,7 @@ use futures::AsyncWriteExt;
 use overlay::PeerId;
 use overlay::proto::{self, FetchReceipt, FetchRequest, FetchResponse, FrameError, MAX_SMALL_MSG};
 use overlay::store::{FragmentId, StoreError};
-use overlay::ticket::TicketBody;
+use overlay::ticket::{TicketBody, VerifiedTicket};
 use overlay::time::now_secs;
 use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
@@ -52,6 +52,8 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
     let span = info_span!("fetch", peer = %remote);
     async move {
         let mut served = 0u64;
+        // The ticket of the stream's last request, its signatures checked once.
+        let mut verified = None;
         loop {
             let request = if served == 0 {
                 within(
@@ -84,7 +86,7 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
                         ticket = %hex::encode(request.ticket.body().ticket_id),
                         fragment = field::Empty
                     );
-                    exchange(&ctx, remote, &mut stream, request)
+                    exchange(&ctx, remote, &mut stream, request, &mut verified)
                         .instrument(span)
                         .await
                 }
@@ -116,13 +118,22 @@ async fn exchange(
     remote: PeerId,
     stream: &mut libp2p::Stream,
     request: FetchRequest,
+    verified: &mut Option<VerifiedTicket>,
 ) -> Result<Next, StreamError> {
     let span = tracing::Span::current();
-    let ticket = match request
-        .ticket
-        .verify_for(&ctx.cm, now_secs(), &request.content, &remote)
-    {
-        Ok(body) => body.clone(),
+    // A ticket seen on this stream before has its signatures checked already; every request
+    // still checks its validity, content and client.
+    let now = now_secs();
+    let checked = match verified.as_ref().filter(|v| v.is(&request.ticket)) {
+        Some(known) => known.allows(now, &request.content, &remote).cloned(),
+        None => request.ticket.verify_once(&ctx.cm, now).and_then(|fresh| {
+            let body = fresh.allows(now, &request.content, &remote).cloned();
+            *verified = Some(fresh);
+            body
+        }),
+    };
+    let ticket = match checked {
+        Ok(body) => body,
         Err(e) => {
             Stats::bump(&ctx.stats.fetch_refused);
             warn!(reason = %e, "fetch refused");

@@ -96,18 +96,78 @@ impl Ticket {
         peer: &PeerId,
     ) -> Result<&TicketBody, TicketError> {
         let body = self.verify(root, now)?;
-        if &body.content != content {
-            return Err(TicketError::WrongContent {
-                expected: *content,
-                found: body.content,
+        allows(body, content, peer)?;
+        Ok(body)
+    }
+
+    /// Verifies the signature chain once and keeps what later checks of the same ticket need:
+    /// see [`VerifiedTicket`].
+    pub fn verify_once(&self, root: &PeerId, now: u64) -> Result<VerifiedTicket, TicketError> {
+        self.verify(root, now)?;
+        let partner = &self.partner_cert.body;
+        Ok(VerifiedTicket {
+            ticket: self.clone(),
+            cert_window: (partner.not_before, partner.not_after),
+        })
+    }
+}
+
+fn allows(body: &TicketBody, content: &ContentId, peer: &PeerId) -> Result<(), TicketError> {
+    if &body.content != content {
+        return Err(TicketError::WrongContent {
+            expected: *content,
+            found: body.content,
+        });
+    }
+    if &body.client != peer {
+        return Err(TicketError::WrongClient {
+            named: body.client,
+            peer: *peer,
+        });
+    }
+    Ok(())
+}
+
+/// A ticket whose signatures (CM root → partner certificate → ticket) were checked once. A node
+/// serving one client many fragments under one ticket checks the signatures of the first request
+/// only; every request still checks what time or the request can change: the certificate's and
+/// the ticket's validity, the content and the client.
+#[derive(Clone, Debug)]
+pub struct VerifiedTicket {
+    ticket: Ticket,
+    cert_window: (u64, u64),
+}
+
+impl VerifiedTicket {
+    /// Whether `other` is this very ticket, byte for byte (signatures included), so that what
+    /// was verified of this one holds for it.
+    pub fn is(&self, other: &Ticket) -> bool {
+        &self.ticket == other
+    }
+
+    /// The checks of [`Ticket::verify_for`] that do not involve signatures, at `now`.
+    pub fn allows(
+        &self,
+        now: u64,
+        content: &ContentId,
+        peer: &PeerId,
+    ) -> Result<&TicketBody, TicketError> {
+        let (not_before, not_after) = self.cert_window;
+        if now < not_before || now > not_after {
+            return Err(TicketError::Partner(CertError::Expired {
+                now,
+                not_before,
+                not_after,
+            }));
+        }
+        let body = self.ticket.body();
+        if now > body.not_after {
+            return Err(TicketError::Expired {
+                now,
+                not_after: body.not_after,
             });
         }
-        if &body.client != peer {
-            return Err(TicketError::WrongClient {
-                named: body.client,
-                peer: *peer,
-            });
-        }
+        allows(body, content, peer)?;
         Ok(body)
     }
 }
@@ -233,6 +293,43 @@ mod tests {
         f.ticket
             .verify_for(&f.root.peer_id(), 1_500, &f.content, &f.client)
             .unwrap();
+    }
+
+    #[test]
+    fn a_verified_ticket_rechecks_time_content_and_client() {
+        let f = fixture();
+        let root = f.root.peer_id();
+        let mut forged = f.ticket.clone();
+        forged.signed.body.allowance *= 2;
+        assert!(matches!(
+            forged.verify_once(&root, 1_500),
+            Err(TicketError::Signature(_))
+        ));
+        let verified = f.ticket.verify_once(&root, 1_500).unwrap();
+        assert!(verified.is(&f.ticket));
+        assert!(!verified.is(&forged), "a changed ticket is another ticket");
+        assert_eq!(
+            verified.allows(1_900, &f.content, &f.client),
+            Ok(f.ticket.body())
+        );
+        assert!(matches!(
+            verified.allows(2_001, &f.content, &f.client),
+            Err(TicketError::Expired { .. })
+        ));
+        // The partner certificate's window opens at 700 (issued at 1_000, 300 s of slack).
+        assert!(matches!(
+            verified.allows(699, &f.content, &f.client),
+            Err(TicketError::Partner(CertError::Expired { .. }))
+        ));
+        assert!(matches!(
+            verified.allows(1_500, &ContentId([8; 32]), &f.client),
+            Err(TicketError::WrongContent { .. })
+        ));
+        let other = Identity::generate().peer_id();
+        assert!(matches!(
+            verified.allows(1_500, &f.content, &other),
+            Err(TicketError::WrongClient { .. })
+        ));
     }
 
     #[test]
