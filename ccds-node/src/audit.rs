@@ -110,7 +110,9 @@ fn respond(store: &FragmentStore, request: &AuditRequest) -> AuditResponse {
             .to_string(),
         );
     }
-    let data = match store.get(&request.fragment) {
+    // From the disk, never the cache: a copy held only in memory is not what the node is paid
+    // to store, and would outlive the files on disk.
+    let data = match store.read_from_disk(&request.fragment) {
         Ok(data) => data,
         Err(StoreError::NotFound(_)) => return AuditResponse::NotFound,
         Err(StoreError::Corrupt { .. }) => return AuditResponse::Corrupt,
