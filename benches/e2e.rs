@@ -171,17 +171,7 @@ fn download(
 /// (wall seconds, CPU seconds of this thread).
 fn plain_write(path: &Path, size: u64) -> anyhow::Result<(f64, f64)> {
     use std::io::Write;
-    let thread_cpu = || {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        #[allow(unsafe_code)]
-        // SAFETY: getrusage fills the struct it is given.
-        let usage = unsafe {
-            libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
-            usage.assume_init()
-        };
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(usage.ru_utime) + t(usage.ru_stime)
-    };
+    let thread_cpu = || transport::rusage_cpu(libc::RUSAGE_THREAD);
     let piece = vec![0x5au8; 8 << 20];
     let (started, cpu) = (Instant::now(), thread_cpu());
     let mut file = std::fs::File::create(path)?;

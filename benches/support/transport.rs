@@ -13,11 +13,16 @@ use overlay::net::Net;
 pub const CHUNK: usize = 1 << 20;
 
 pub fn cpu_seconds() -> f64 {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU seconds (user + system) of `who`: `RUSAGE_SELF` (this process) or `RUSAGE_THREAD`.
+pub fn rusage_cpu(who: libc::c_int) -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     #[allow(unsafe_code)]
     let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        libc::getrusage(who, usage.as_mut_ptr());
         usage.assume_init()
     };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
