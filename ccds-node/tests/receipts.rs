@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use ccds_node::Limits;
 use common::fetching::{Client, Fixture};
-use futures::{AsyncReadExt, AsyncWriteExt};
 use overlay::proto::{self, FetchResponse};
 use overlay::receipt::Receipt;
 
@@ -69,12 +68,7 @@ impl Fetch for Client {
                 }
             }
         }
-        stream.close().await?;
-        // The node closes its side once it is done with the stream (receipt included).
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
-            .await
-            .context("the node did not close the fetch stream")??;
+        common::fetching::close_and_wait(&mut stream).await?;
         Ok(response)
     }
 }

@@ -13,7 +13,6 @@ use anyhow::{Context as _, ensure};
 use ccds_node::Limits;
 use ccds_node::throttle::UploadLimit;
 use common::fetching::{Client, Fixture, fragment_bytes};
-use futures::{AsyncReadExt, AsyncWriteExt};
 use overlay::proto::{self, FetchResponse};
 
 const FRAGMENT: usize = 1 << 20;
@@ -64,12 +63,7 @@ async fn fetch(c: &mut Client, index: u16) -> anyhow::Result<FetchResponse> {
         let receipt = c.receipt(data.len() as u64);
         proto::write_msg(&mut stream, &receipt).await?;
     }
-    stream.close().await?;
-    // The node closes its side once it is done with the stream (receipt included).
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
-        .await
-        .context("the node did not close the fetch stream")??;
+    common::fetching::close_and_wait(&mut stream).await?;
     Ok(response)
 }
 

@@ -171,3 +171,19 @@ impl Client {
         Ok((stream, response))
     }
 }
+
+/// Closes the client's side of a fetch stream and waits for the node to close its own, which it
+/// does once it is done with the stream (the receipt included).
+pub async fn close_and_wait(stream: &mut libp2p::Stream) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    stream.close().await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .context("the node did not close the fetch stream")??;
+    Ok(())
+}
