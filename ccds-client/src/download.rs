@@ -520,7 +520,7 @@ impl Driver {
         debug!(segment, "decoding");
         self.decodes.spawn_blocking(move || {
             let mut fragments = fragments;
-            let mut plain = segment_buffers.take(0);
+            let mut plain = segment_buffers.take(len);
             let decoded = codec.decode_into(segment, len, &mut fragments, &mut plain);
             for buffer in fragments.into_iter().flatten() {
                 fragment_buffers.give(buffer);

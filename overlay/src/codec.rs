@@ -5,11 +5,14 @@
 //! The nonce is the segment index: every content has its own random key, so (key, nonce)
 //! pairs never repeat.
 
+mod gcm;
+
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use bytes::Bytes;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 use crate::manifest::{TAG_LEN, fragment_len};
+use gcm::{GcmError, Opener};
 
 /// Additional data bound into every segment's tag.
 const AAD: &[u8] = b"ccds/segment/v1";
@@ -25,20 +28,30 @@ pub enum CodecError {
     FragmentLength { expected: usize, found: usize },
     #[error("segment {0} failed authentication: wrong content key or corrupted fragments")]
     Decrypt(u64),
+    #[error("AES-GCM failed inside AWS-LC ({0}); the process may be out of memory")]
+    Cipher(&'static str),
 }
 
 /// Encoder/decoder for one content's segments.
 pub struct SegmentCodec {
+    /// Seals segments (aws-lc-rs).
     cipher: LessSafeKey,
+    /// Opens them piecewise ([`gcm::Opener`]), under the same key.
+    key: [u8; 32],
     rs: ReedSolomon,
     k: usize,
     m: usize,
 }
 
-fn nonce(segment: u64) -> Nonce {
+/// The 96-bit nonce of a segment: its index, little-endian.
+fn nonce_bytes(segment: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&segment.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
+    n
+}
+
+fn nonce(segment: u64) -> Nonce {
+    Nonce::assume_unique_for_key(nonce_bytes(segment))
 }
 
 impl SegmentCodec {
@@ -54,6 +67,7 @@ impl SegmentCodec {
             cipher: LessSafeKey::new(
                 UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key"),
             ),
+            key: *key,
             rs,
             k,
             m,
@@ -99,9 +113,10 @@ impl SegmentCodec {
         Ok(out)
     }
 
-    /// [`Self::decode`] into `out` (cleared first; a buffer with room for `k` fragments is
-    /// filled without reallocating). The fragments stay with the caller, data fragments that
-    /// were missing now rebuilt, so that their buffers can be reused.
+    /// [`Self::decode`] into `out`, resized to the segment's length (a reused buffer is not
+    /// zeroed first: decryption overwrites every byte). The fragments stay with the caller, data
+    /// fragments that were missing now rebuilt, so that their buffers can be reused. On an
+    /// error `out` is emptied: it never holds unauthenticated plaintext.
     pub fn decode_into(
         &self,
         index: u64,
@@ -132,21 +147,43 @@ impl SegmentCodec {
                     have,
                 })?;
         }
-        out.clear();
-        out.reserve(self.k * len);
-        for f in fragments.iter().take(self.k) {
-            out.extend_from_slice(f.as_deref().expect("reconstructed"));
+        let data = fragments[..self.k]
+            .iter()
+            .map(|f| f.as_deref().expect("reconstructed"));
+        out.resize(plain_len, 0);
+        self.open(index, data, out).inspect_err(|_| out.clear())
+    }
+
+    /// Decrypts segment `index` from its data fragments in order (the ciphertext, then the tag,
+    /// then padding) straight into `out`, as long as the plaintext.
+    fn open<'a>(
+        &self,
+        index: u64,
+        data: impl Iterator<Item = &'a [u8]>,
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        let library = |e| match e {
+            GcmError::Authentication => CodecError::Decrypt(index),
+            GcmError::Library(call) => CodecError::Cipher(call),
+        };
+        let mut opener = Opener::new(&self.key, &nonce_bytes(index), AAD).map_err(library)?;
+        let (mut at, mut tag, mut tag_at) = (0, [0u8; TAG_LEN], 0);
+        for fragment in data {
+            let ciphertext = (out.len() - at).min(fragment.len());
+            opener
+                .update(&fragment[..ciphertext], &mut out[at..at + ciphertext])
+                .map_err(library)?;
+            at += ciphertext;
+            // The tag follows the ciphertext, possibly across a fragment boundary.
+            let rest = &fragment[ciphertext..];
+            let take = (TAG_LEN - tag_at).min(rest.len());
+            tag[tag_at..tag_at + take].copy_from_slice(&rest[..take]);
+            tag_at += take;
+            if tag_at == TAG_LEN {
+                return opener.finish(&tag).map_err(library);
+            }
         }
-        // Ciphertext and tag, without the padding that rounds the segment to k fragments.
-        self.cipher
-            .open_in_place(
-                nonce(index),
-                Aad::from(AAD),
-                &mut out[..plain_len + TAG_LEN],
-            )
-            .map_err(|_| CodecError::Decrypt(index))?;
-        out.truncate(plain_len);
-        Ok(())
+        Err(CodecError::Decrypt(index))
     }
 }
 
@@ -256,6 +293,30 @@ mod tests {
         let mut corrupt = all();
         corrupt[1].as_mut().unwrap()[5] ^= 1;
         assert_eq!(codec.decode(0, 1000, corrupt), Err(CodecError::Decrypt(0)));
+    }
+
+    #[test]
+    fn decoding_overwrites_a_reused_buffer_and_empties_it_on_failure() {
+        let codec = SegmentCodec::new(&[3; 32], 4, 2).unwrap();
+        let plain = sample(1000);
+        let all = || -> Vec<Option<Vec<u8>>> {
+            codec
+                .encode(2, &plain)
+                .iter()
+                .map(|f| Some(f.to_vec()))
+                .collect()
+        };
+        let mut out = vec![0xAA; 3000];
+        codec.decode_into(2, 1000, &mut all(), &mut out).unwrap();
+        assert_eq!(out, plain);
+        let mut short = vec![0x55; 10];
+        codec.decode_into(2, 1000, &mut all(), &mut short).unwrap();
+        assert_eq!(short, plain);
+        assert_eq!(
+            codec.decode_into(3, 1000, &mut all(), &mut out),
+            Err(CodecError::Decrypt(3))
+        );
+        assert!(out.is_empty(), "no unauthenticated plaintext is left");
     }
 
     #[test]
