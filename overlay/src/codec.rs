@@ -7,12 +7,11 @@
 
 mod gcm;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use bytes::Bytes;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 use crate::manifest::{TAG_LEN, fragment_len};
-use gcm::{GcmError, Opener};
+use gcm::{GcmError, Opener, Sealer};
 
 /// Additional data bound into every segment's tag.
 const AAD: &[u8] = b"ccds/segment/v1";
@@ -34,9 +33,7 @@ pub enum CodecError {
 
 /// Encoder/decoder for one content's segments.
 pub struct SegmentCodec {
-    /// Seals segments (aws-lc-rs).
-    cipher: LessSafeKey,
-    /// Opens them piecewise ([`gcm::Opener`]), under the same key.
+    /// The content key (AES-256-GCM, through [`gcm`]).
     key: [u8; 32],
     rs: ReedSolomon,
     k: usize,
@@ -50,10 +47,6 @@ fn nonce_bytes(segment: u64) -> [u8; 12] {
     n
 }
 
-fn nonce(segment: u64) -> Nonce {
-    Nonce::assume_unique_for_key(nonce_bytes(segment))
-}
-
 impl SegmentCodec {
     /// A codec for `k` data and `m` parity shards under `key`.
     pub fn new(key: &[u8; 32], k: usize, m: usize) -> Result<Self, CodecError> {
@@ -64,9 +57,6 @@ impl SegmentCodec {
         // reed-solomon-erasure refuses m = 0; a codec without parity only splits.
         let rs = ReedSolomon::new(k, m.max(1)).map_err(|e| params(format!("{e:?}")))?;
         Ok(Self {
-            cipher: LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key"),
-            ),
             key: *key,
             rs,
             k,
@@ -78,16 +68,17 @@ impl SegmentCodec {
     pub fn encode(&self, index: u64, plain: &[u8]) -> Vec<Bytes> {
         let len = fragment_len(plain.len(), self.k);
         let parity = self.m.max(1);
-        // The plaintext, then zeros for the tag, the padding and the parity: no byte is
-        // written twice before the cipher and Reed-Solomon overwrite them.
-        let mut buf = Vec::with_capacity((self.k + parity) * len);
-        buf.extend_from_slice(plain);
-        buf.resize((self.k + parity) * len, 0);
-        let tag = self
-            .cipher
-            .seal_in_place_separate_tag(nonce(index), Aad::from(AAD), &mut buf[..plain.len()])
-            .expect("AES-GCM accepts any segment below 64 GiB");
-        buf[plain.len()..plain.len() + TAG_LEN].copy_from_slice(tag.as_ref());
+        // Zeroed by the allocator (fresh pages), not by a pass over it. The cipher writes the
+        // ciphertext straight from `plain`, the tag and the zero padding follow, then parity.
+        let mut buf = vec![0u8; (self.k + parity) * len];
+        let (ciphertext, rest) = buf.split_at_mut(plain.len());
+        let tag = Sealer::new(&self.key, &nonce_bytes(index), AAD)
+            .and_then(|mut sealer| {
+                sealer.update(plain, ciphertext)?;
+                sealer.finish()
+            })
+            .expect("AWS-LC seals any segment unless it is out of memory");
+        rest[..TAG_LEN].copy_from_slice(&tag);
         {
             let mut shards: Vec<&mut [u8]> = buf.chunks_exact_mut(len).collect();
             self.rs

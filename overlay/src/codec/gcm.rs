@@ -1,15 +1,14 @@
-//! AES-256-GCM opening of a ciphertext that lies in pieces, through AWS-LC's `EVP_CIPHER`
-//! interface.
+//! AES-256-GCM out of place and piece by piece, through AWS-LC's `EVP_CIPHER` interface.
 //!
 //! A segment's ciphertext lies across its `k` data fragments, each in its own buffer as it came
-//! off the network. aws-lc-rs opens only a contiguous buffer, so decoding used to copy every
-//! segment into one and decrypt it in place. AWS-LC's EVP interface takes the ciphertext piece
-//! by piece and writes the plaintext out of place, so each fragment is read once, where it lies;
-//! out-of-place decryption is also faster here than in place (per 8 MiB: 0.38 ms against
-//! 0.51 ms on AVX-512/VAES).
+//! off the network. aws-lc-rs seals and opens only contiguous buffers, in place, so decoding used
+//! to copy every segment into one buffer and decrypt it there, and encoding copied the plaintext
+//! into the fragments' buffer first. AWS-LC's EVP interface takes the input piece by piece and
+//! writes the output out of place, so each byte is read once, where it lies; out of place is
+//! also faster here than in place (per 8 MiB: 0.38 ms against 0.51 ms on AVX-512/VAES).
 //!
 //! It is the same AES-256-GCM as aws-lc-rs's `AES_256_GCM` (same library, key, nonce, AAD and
-//! tag): the tests below open what aws-lc-rs sealed, whatever the split.
+//! tag): the tests below seal and open exactly as aws-lc-rs does, whatever the split.
 
 // The only unsafe code in the library: calls into AWS-LC, which aws-lc-rs already links. Each
 // call's contract is stated where it is made.
@@ -24,7 +23,7 @@ use crate::manifest::TAG_LEN;
 /// Largest piece handed to AWS-LC in one call (its lengths are C `int`s).
 const MAX_CALL: usize = 1 << 30;
 
-/// Why an opening failed.
+/// Why a sealing or an opening failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum GcmError {
     /// The tag does not match: wrong key, nonce or AAD, or altered ciphertext.
@@ -33,44 +32,42 @@ pub(super) enum GcmError {
     Library(&'static str),
 }
 
-/// An AES-256-GCM decryption in progress: [`Opener::update`] with the ciphertext in order,
-/// piece by piece, then [`Opener::finish`] with the tag. Until `finish` succeeds the plaintext
-/// written is unauthenticated and must not be used.
-pub(super) struct Opener {
+/// An AES-256-GCM context keyed for one direction and one nonce, its AAD already taken.
+struct Context {
     ctx: NonNull<ffi::EVP_CIPHER_CTX>,
 }
 
 // The context is plain memory owned by this value; AWS-LC keeps no thread-local reference to it.
-unsafe impl Send for Opener {}
+unsafe impl Send for Context {}
 
-impl Opener {
-    /// Starts decrypting under `key` and the 96-bit `nonce`, authenticating `aad`.
-    pub(super) fn new(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8]) -> Result<Self, GcmError> {
+impl Context {
+    fn new(encrypt: bool, key: &[u8; 32], nonce: &[u8; 12], aad: &[u8]) -> Result<Self, GcmError> {
         // SAFETY: no arguments; returns an owned context or null.
         let ctx = NonNull::new(unsafe { ffi::EVP_CIPHER_CTX_new() })
             .ok_or(GcmError::Library("EVP_CIPHER_CTX_new"))?;
-        let opener = Self { ctx };
+        let context = Self { ctx };
         // SAFETY: the context is valid; EVP_aes_256_gcm returns a static cipher; the key is 32
         // bytes as AES-256 reads, the nonce 12 as GCM's default IV length reads. Both are copied.
         let ok = unsafe {
-            ffi::EVP_DecryptInit_ex(
-                opener.ctx.as_ptr(),
+            ffi::EVP_CipherInit_ex(
+                context.ctx.as_ptr(),
                 ffi::EVP_aes_256_gcm(),
                 ptr::null_mut(),
                 key.as_ptr(),
                 nonce.as_ptr(),
+                c_int::from(encrypt),
             )
         };
         if ok != 1 {
-            return Err(GcmError::Library("EVP_DecryptInit_ex"));
+            return Err(GcmError::Library("EVP_CipherInit_ex"));
         }
         for chunk in aad.chunks(MAX_CALL) {
             let mut written: c_int = 0;
             // SAFETY: a null output makes GCM take the input as additional data, reading
             // `chunk.len()` bytes (≤ MAX_CALL, so the cast holds) and writing nothing.
             let ok = unsafe {
-                ffi::EVP_DecryptUpdate(
-                    opener.ctx.as_ptr(),
+                ffi::EVP_CipherUpdate(
+                    context.ctx.as_ptr(),
                     ptr::null_mut(),
                     &mut written,
                     chunk.as_ptr(),
@@ -78,27 +75,27 @@ impl Opener {
                 )
             };
             if ok != 1 {
-                return Err(GcmError::Library("EVP_DecryptUpdate (AAD)"));
+                return Err(GcmError::Library("EVP_CipherUpdate (AAD)"));
             }
         }
-        Ok(opener)
+        Ok(context)
     }
 
-    /// Decrypts the next piece of ciphertext into `out`, which must be exactly as long.
-    pub(super) fn update(&mut self, ciphertext: &[u8], out: &mut [u8]) -> Result<(), GcmError> {
+    /// Runs the next piece of input through the cipher into `out`, exactly as long.
+    fn update(&mut self, input: &[u8], out: &mut [u8]) -> Result<(), GcmError> {
         assert_eq!(
-            ciphertext.len(),
+            input.len(),
             out.len(),
-            "GCM writes exactly one byte per ciphertext byte"
+            "GCM writes exactly one byte per input byte"
         );
-        for (input, output) in ciphertext.chunks(MAX_CALL).zip(out.chunks_mut(MAX_CALL)) {
+        for (input, output) in input.chunks(MAX_CALL).zip(out.chunks_mut(MAX_CALL)) {
             let mut written: c_int = 0;
             // SAFETY: GCM is a stream mode (a custom cipher in AWS-LC): it writes exactly as
             // many bytes as it reads, and `output` has room for all `input.len()` of them
             // (≤ MAX_CALL, so the cast holds). The two slices cannot overlap: one is borrowed
             // shared, the other exclusively.
             let ok = unsafe {
-                ffi::EVP_DecryptUpdate(
+                ffi::EVP_CipherUpdate(
                     self.ctx.as_ptr(),
                     output.as_mut_ptr(),
                     &mut written,
@@ -107,35 +104,72 @@ impl Opener {
                 )
             };
             if ok != 1 || written as usize != input.len() {
-                return Err(GcmError::Library("EVP_DecryptUpdate"));
+                return Err(GcmError::Library("EVP_CipherUpdate"));
             }
         }
         Ok(())
     }
 
-    /// Checks the tag against everything decrypted.
-    pub(super) fn finish(self, tag: &[u8; TAG_LEN]) -> Result<(), GcmError> {
-        let mut tag = *tag;
-        // SAFETY: EVP_CTRL_GCM_SET_TAG copies `TAG_LEN` bytes from the pointer, which points at
-        // that many.
+    /// Sets (opening) or gets (sealing) the tag.
+    fn tag(&mut self, command: u32, tag: &mut [u8; TAG_LEN]) -> Result<(), GcmError> {
+        // SAFETY: EVP_CTRL_GCM_SET_TAG reads, EVP_CTRL_GCM_GET_TAG writes `TAG_LEN` bytes at the
+        // pointer, which points at that many.
         let ok = unsafe {
             ffi::EVP_CIPHER_CTX_ctrl(
                 self.ctx.as_ptr(),
-                ffi::EVP_CTRL_GCM_SET_TAG as c_int,
+                command as c_int,
                 TAG_LEN as c_int,
                 tag.as_mut_ptr().cast(),
             )
         };
-        if ok != 1 {
-            return Err(GcmError::Library("EVP_CTRL_GCM_SET_TAG"));
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(GcmError::Library("EVP_CIPHER_CTX_ctrl (tag)"))
         }
+    }
+
+    /// Ends the message: computes the tag (sealing) or compares it (opening).
+    fn finish(&mut self) -> bool {
         let mut tail = [0u8; 32];
         let mut written: c_int = 0;
-        // SAFETY: for GCM the final call only compares the tag and writes no output; `tail` has
-        // room for a block anyway.
+        // SAFETY: for GCM the final call only computes or compares the tag and writes no
+        // output; `tail` has room for a block anyway.
         let ok =
-            unsafe { ffi::EVP_DecryptFinal_ex(self.ctx.as_ptr(), tail.as_mut_ptr(), &mut written) };
-        if ok == 1 && written == 0 {
+            unsafe { ffi::EVP_CipherFinal_ex(self.ctx.as_ptr(), tail.as_mut_ptr(), &mut written) };
+        ok == 1 && written == 0
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the context came from EVP_CIPHER_CTX_new and is freed once, here; freeing
+        // also wipes the key schedule.
+        unsafe { ffi::EVP_CIPHER_CTX_free(self.ctx.as_ptr()) }
+    }
+}
+
+/// An AES-256-GCM decryption in progress: [`Opener::update`] with the ciphertext in order,
+/// piece by piece, then [`Opener::finish`] with the tag. Until `finish` succeeds the plaintext
+/// written is unauthenticated and must not be used.
+pub(super) struct Opener(Context);
+
+impl Opener {
+    /// Starts decrypting under `key` and the 96-bit `nonce`, authenticating `aad`.
+    pub(super) fn new(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8]) -> Result<Self, GcmError> {
+        Context::new(false, key, nonce, aad).map(Self)
+    }
+
+    /// Decrypts the next piece of ciphertext into `out`, which must be exactly as long.
+    pub(super) fn update(&mut self, ciphertext: &[u8], out: &mut [u8]) -> Result<(), GcmError> {
+        self.0.update(ciphertext, out)
+    }
+
+    /// Checks the tag against everything decrypted.
+    pub(super) fn finish(mut self, tag: &[u8; TAG_LEN]) -> Result<(), GcmError> {
+        self.0
+            .tag(ffi::EVP_CTRL_GCM_SET_TAG as u32, &mut tag.clone())?;
+        if self.0.finish() {
             Ok(())
         } else {
             Err(GcmError::Authentication)
@@ -143,11 +177,29 @@ impl Opener {
     }
 }
 
-impl Drop for Opener {
-    fn drop(&mut self) {
-        // SAFETY: the context came from EVP_CIPHER_CTX_new and is freed once, here; freeing
-        // also wipes the key schedule.
-        unsafe { ffi::EVP_CIPHER_CTX_free(self.ctx.as_ptr()) }
+/// An AES-256-GCM encryption in progress: [`Sealer::update`] with the plaintext in order, then
+/// [`Sealer::finish`] for the tag. Out of place, so the plaintext need not be copied first.
+pub(super) struct Sealer(Context);
+
+impl Sealer {
+    /// Starts encrypting under `key` and the 96-bit `nonce`, authenticating `aad`.
+    pub(super) fn new(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8]) -> Result<Self, GcmError> {
+        Context::new(true, key, nonce, aad).map(Self)
+    }
+
+    /// Encrypts the next piece of plaintext into `out`, which must be exactly as long.
+    pub(super) fn update(&mut self, plain: &[u8], out: &mut [u8]) -> Result<(), GcmError> {
+        self.0.update(plain, out)
+    }
+
+    /// The tag over everything encrypted.
+    pub(super) fn finish(mut self) -> Result<[u8; TAG_LEN], GcmError> {
+        if !self.0.finish() {
+            return Err(GcmError::Library("EVP_CipherFinal_ex"));
+        }
+        let mut tag = [0u8; TAG_LEN];
+        self.0.tag(ffi::EVP_CTRL_GCM_GET_TAG as u32, &mut tag)?;
+        Ok(tag)
     }
 }
 
@@ -219,6 +271,22 @@ mod tests {
         }
         let (empty, tag) = seal(&[], b"");
         assert_eq!(open(&[&empty], &KEY, b"", &tag), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn seals_what_aws_lc_rs_seals_however_it_is_split() {
+        let plain: Vec<u8> = (0..5000u32).map(|i| (i * 3 + i / 11) as u8).collect();
+        let expected = seal(&plain, b"aad");
+        for cuts in [vec![], vec![0, 1], vec![15, 16, 17], vec![4095, 4097]] {
+            let mut sealer = Sealer::new(&KEY, &NONCE, b"aad").unwrap();
+            let mut out = vec![0; plain.len()];
+            let mut from = 0;
+            for c in cuts.iter().copied().chain([plain.len()]) {
+                sealer.update(&plain[from..c], &mut out[from..c]).unwrap();
+                from = c;
+            }
+            assert_eq!((out, sealer.finish().unwrap()), expected, "{cuts:?}");
+        }
     }
 
     #[test]
