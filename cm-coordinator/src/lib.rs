@@ -30,6 +30,7 @@
 //! * [`http`]: the HTTP API (`run --http`): health and read-only operator views.
 //! * [`accounting`]: the accounting driver: reconciliation runs, pay, ledger, account views.
 //! * [`admin`]: the admin socket protocol, and its client used by the CLI commands.
+//! * [`sim`]: the simulator: a million simulated nodes, churn and time through the cores above.
 
 pub mod accounting;
 pub mod admin;
@@ -51,5 +52,6 @@ pub mod registry;
 pub mod repair;
 pub mod sales;
 pub mod server;
+pub mod sim;
 
 pub use datadir::DataDir;

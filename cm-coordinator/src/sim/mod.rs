@@ -1,0 +1,191 @@
+//! The simulator: a collective of simulated nodes, clients and time driving the coordinator's
+//! own sans-IO cores (liveness, placement, repair), to answer what a few dozen processes on one
+//! machine cannot: how durable content is under churn, what repair costs, what a million
+//! nodes offer.
+//!
+//! Deterministic: a run is a function of its configuration and seed (one portable PCG
+//! generator, events ordered by time, kind and node), with virtual time and no sockets.
+//!
+//! # Layout
+//!
+//! * [`config`]: the TOML configuration, documented field by field.
+//! * [`population`]: simulated nodes (bandwidth, disk, cores, network, habits) and their
+//!   identities.
+//! * [`world`]: the event loop: sessions, departures and arrivals; liveness fed with joins,
+//!   leaves, heartbeats and probe answers; placement and repair of every scheme's catalog.
+//! * [`report`]: tables, JSON summary and charts written to the output directory.
+//! * [`plot`]: SVG charts.
+
+pub mod config;
+pub mod plot;
+pub mod population;
+pub mod report;
+pub mod world;
+
+use std::path::Path;
+
+pub use config::SimConfig;
+pub use report::Summary;
+
+/// Errors of a simulation run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot write the results to {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs one simulation and writes its results into `out`.
+pub fn simulate(cfg: &SimConfig, seed: u64, out: &Path) -> Result<Summary, SimError> {
+    cfg.validate()?;
+    let outcome = world::World::new(cfg.clone(), seed).run();
+    let summary = report::summarise(cfg, seed, &outcome);
+    report::write(out, cfg, &summary, &outcome).map_err(|source| SimError::Write {
+        path: out.display().to_string(),
+        source,
+    })?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::config::{Dist, NodeClass, Scheme};
+    use super::*;
+
+    /// A small collective: a few hundred nodes, a few days, two schemes.
+    fn small() -> SimConfig {
+        let mut cfg = SimConfig {
+            nodes: 300,
+            days: 4,
+            ..SimConfig::default()
+        };
+        cfg.catalog.contents = 10;
+        cfg.catalog.segments = (4, 12);
+        cfg.catalog.publish_day = 1;
+        cfg.catalog.schemes = vec![
+            Scheme {
+                name: "RS(8,4)".into(),
+                k: 8,
+                m: 4,
+                repair: true,
+            },
+            Scheme {
+                name: "3 replicas, no repair".into(),
+                k: 1,
+                m: 2,
+                repair: false,
+            },
+        ];
+        cfg.repair.candidates = 100;
+        cfg
+    }
+
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_same_seed_writes_the_same_files_and_another_seed_does_not() {
+        let cfg = small();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        simulate(&cfg, 7, dirs[0].path()).unwrap();
+        simulate(&cfg, 7, dirs[1].path()).unwrap();
+        simulate(&cfg, 8, dirs[2].path()).unwrap();
+        let (a, b, c) = (
+            files(dirs[0].path()),
+            files(dirs[1].path()),
+            files(dirs[2].path()),
+        );
+        let names: Vec<&str> = a.iter().map(|f| f.0.as_str()).collect();
+        for expected in [
+            "capacity.svg",
+            "config.toml",
+            "durability.csv",
+            "report.md",
+            "repair_traffic.svg",
+            "summary.json",
+            "timeseries.csv",
+            "unavailable.svg",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing: {names:?}");
+        }
+        assert_eq!(a, b, "same seed, same files");
+        let summary = |f: &[(String, Vec<u8>)]| f.iter().find(|x| x.0 == "summary.json").cloned();
+        assert_ne!(summary(&a), summary(&c), "another seed, another run");
+    }
+
+    #[test]
+    fn without_churn_nothing_is_repaired_lost_or_unreadable() {
+        let mut cfg = small();
+        let forever = Duration::from_secs(3650 * 86_400);
+        cfg.population.classes = vec![NodeClass {
+            name: "always on".into(),
+            share: 1.0,
+            online: Dist::Exponential { mean: forever },
+            offline: Dist::Exponential {
+                mean: Duration::from_secs(1),
+            },
+        }];
+        cfg.population.mean_lifetime = forever;
+        cfg.population.arrivals_per_day = Some(0.0);
+        let dir = tempfile::tempdir().unwrap();
+        let s = simulate(&cfg, 1, dir.path()).unwrap();
+        assert_eq!(s.departures, 0);
+        for scheme in &s.schemes {
+            assert!(scheme.segments > 0);
+            assert_eq!(
+                (scheme.repairs, scheme.lost, scheme.unplaced),
+                (0, 0, 0),
+                "{}",
+                scheme.name
+            );
+            assert_eq!(scheme.unavailability, 0.0, "{}", scheme.name);
+        }
+        assert_eq!(s.offline_unreachable, 0);
+    }
+
+    #[test]
+    fn departures_are_repaired_and_only_the_unrepaired_lose_segments() {
+        let mut cfg = small();
+        cfg.days = 8;
+        // Always on, but every node leaves for good within days on average.
+        let forever = Duration::from_secs(3650 * 86_400);
+        cfg.population.classes = vec![NodeClass {
+            name: "always on".into(),
+            share: 1.0,
+            online: Dist::Exponential { mean: forever },
+            offline: Dist::Exponential {
+                mean: Duration::from_secs(1),
+            },
+        }];
+        cfg.population.mean_lifetime = Duration::from_secs(4 * 86_400);
+        let dir = tempfile::tempdir().unwrap();
+        let s = simulate(&cfg, 3, dir.path()).unwrap();
+        assert!(s.departures > 300, "{}", s.departures);
+        let (rs, replicas) = (&s.schemes[0], &s.schemes[1]);
+        assert!(rs.repairs > 0 && rs.fragments_rebuilt > 0);
+        assert_eq!(rs.lost, 0, "repair keeps up with departures");
+        assert_eq!(replicas.repairs, 0);
+        assert!(
+            replicas.lost > 0,
+            "without repair, departures lose segments"
+        );
+    }
+}
