@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::PayPolicy;
+use crate::reconcile::ReconcileConfig;
+
 /// Errors in a simulation's configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -16,6 +19,10 @@ pub enum ConfigError {
 
 fn positive(x: f64) -> bool {
     x > 0.0 && x.is_finite()
+}
+
+fn non_negative(x: f64) -> bool {
+    x >= 0.0 && x.is_finite()
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> ConfigError {
@@ -44,6 +51,8 @@ pub struct SimConfig {
     pub liveness: LivenessSim,
     /// How the coordinator's repair core runs.
     pub repair: RepairSim,
+    /// Downloads, claims, audits, reconciliation and pay, and the nodes that cheat.
+    pub economy: Economy,
 }
 
 impl Default for SimConfig {
@@ -56,6 +65,7 @@ impl Default for SimConfig {
             catalog: Catalog::default(),
             liveness: LivenessSim::default(),
             repair: RepairSim::default(),
+            economy: Economy::default(),
         }
     }
 }
@@ -361,6 +371,169 @@ impl Default for RepairSim {
     }
 }
 
+/// A burst of demand for one content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlashCrowd {
+    /// When it starts (day, fractions allowed).
+    pub day: f64,
+    /// How long it lasts.
+    pub hours: f64,
+    /// The content's popularity rank (1: the most popular).
+    pub rank: u32,
+    /// Downloads of that content during the crowd, as a multiple of all downloads' usual rate.
+    pub share_of_usual: f64,
+}
+
+/// Nodes that over-claim served bytes, with forged receipts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverClaim {
+    /// Share of the nodes.
+    pub share: f64,
+    /// Probability that a claim is inflated.
+    pub probability: f64,
+    /// An inflated claim is this many times what was served.
+    pub factor: f64,
+}
+
+/// Nodes that delete what they were paid to store and keep claiming it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropData {
+    pub share: f64,
+    /// Share of its fragments a dropper deletes.
+    pub fraction: f64,
+}
+
+/// Nodes that collude with a client: the client buys tickets and signs receipts for bytes the
+/// node never sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collude {
+    pub share: f64,
+    /// Tickets the colluding client buys per day.
+    pub tickets_per_day: f64,
+}
+
+/// The cheating strategies and their shares of the nodes (the rest are honest).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Strategies {
+    pub over_claim: OverClaim,
+    pub drop_data: DropData,
+    pub collude: Collude,
+    /// Over-claim as `over_claim` does, and abandon the identity to start afresh as soon as
+    /// caught.
+    pub whitewash: OverClaim,
+}
+
+impl Default for Strategies {
+    fn default() -> Self {
+        Self {
+            over_claim: OverClaim {
+                share: 0.02,
+                probability: 0.5,
+                factor: 2.0,
+            },
+            drop_data: DropData {
+                share: 0.02,
+                fraction: 1.0,
+            },
+            collude: Collude {
+                share: 0.02,
+                tickets_per_day: 1.0,
+            },
+            whitewash: OverClaim {
+                share: 0.02,
+                probability: 0.5,
+                factor: 2.0,
+            },
+        }
+    }
+}
+
+/// Owners who quit when the collective pays them less than they expect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Patience {
+    /// Whether pay affects departures at all.
+    pub enabled: bool,
+    /// Credits per day an owner expects, log-normal across owners.
+    pub expects_per_day: Spread,
+    /// Chance per day that an owner paid less than expected (over the last week) quits.
+    pub quit_per_day: f64,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            expects_per_day: Spread {
+                median: 0.05,
+                sigma: 1.0,
+            },
+            quit_per_day: 0.05,
+        }
+    }
+}
+
+/// Downloads, claims, audits, reconciliation and pay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Economy {
+    /// Whether to simulate the economy at all.
+    pub enabled: bool,
+    /// The catalog scheme whose contents are downloaded and paid for.
+    pub scheme: usize,
+    /// Downloads (tickets sold) per day across the collective.
+    pub downloads_per_day: f64,
+    /// Zipf exponent of content popularity.
+    pub zipf: f64,
+    pub flash_crowds: Vec<FlashCrowd>,
+    /// Share of downloads whose client sends a completion report.
+    pub completion_reports: f64,
+    /// A ticket's allowance as a multiple of its content's size.
+    pub allowance_factor: f64,
+    /// Ticket price, credits per GB of allowance; default 1.25 × the policy's floor (the most
+    /// a node can earn per GB served).
+    pub ticket_price_per_gb: Option<f64>,
+    /// Mean time between two storage audits of one node.
+    #[serde(with = "humantime_serde")]
+    pub audit_every: Duration,
+    /// The coordinator's reconciliation settings (`[reconcile]` of its configuration).
+    pub reconcile: ReconcileConfig,
+    /// The coordinator's pay policy (`[pay]` of its configuration).
+    pub pay: PayPolicy,
+    pub strategies: Strategies,
+    pub patience: Patience,
+}
+
+impl Default for Economy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scheme: 0,
+            downloads_per_day: 2000.0,
+            zipf: 0.9,
+            flash_crowds: vec![FlashCrowd {
+                day: 10.0,
+                hours: 12.0,
+                rank: 20,
+                share_of_usual: 2.0,
+            }],
+            completion_reports: 0.5,
+            allowance_factor: 1.5,
+            ticket_price_per_gb: None,
+            audit_every: Duration::from_secs(12 * 3600),
+            reconcile: ReconcileConfig::default(),
+            pay: PayPolicy::default(),
+            strategies: Strategies::default(),
+            patience: Patience::default(),
+        }
+    }
+}
+
 impl SimConfig {
     /// Parses a TOML file's text; missing fields take their defaults.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -476,6 +649,92 @@ impl SimConfig {
         }
         if self.repair.candidates == 0 {
             return Err(invalid("repair.candidates", "at least 1"));
+        }
+        self.economy.validate(self.catalog.schemes.len())
+    }
+}
+
+impl Economy {
+    fn validate(&self, schemes: usize) -> Result<(), ConfigError> {
+        if self.scheme >= schemes {
+            return Err(invalid("economy.scheme", "an index into catalog.schemes"));
+        }
+        if !non_negative(self.downloads_per_day) || self.downloads_per_day > 1e8 {
+            return Err(invalid("economy.downloads_per_day", "0 to 100,000,000"));
+        }
+        if !(0.0..10.0).contains(&self.zipf) {
+            return Err(invalid("economy.zipf", "0 ≤ exponent < 10"));
+        }
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        if !unit(self.completion_reports) {
+            return Err(invalid("economy.completion_reports", "a share, 0..=1"));
+        }
+        if self.allowance_factor.is_nan() || self.allowance_factor < 1.0 {
+            return Err(invalid("economy.allowance_factor", "at least 1"));
+        }
+        if self.audit_every < Duration::from_secs(60) {
+            return Err(invalid("economy.audit_every", "at least a minute"));
+        }
+        self.reconcile
+            .validate()
+            .map_err(|e| invalid("economy.reconcile", e))?;
+        self.pay
+            .validate()
+            .map_err(|e| invalid("economy.pay", e.to_string()))?;
+        let floor = self.pay.ticket_price_floor_per_gb() as f64 / 1e6;
+        if let Some(price) = self.ticket_price_per_gb
+            && (price.is_nan() || price <= floor)
+        {
+            return Err(invalid(
+                "economy.ticket_price_per_gb",
+                format!("above the most a node earns per GB served ({floor} credits)"),
+            ));
+        }
+        let s = &self.strategies;
+        let shares = [
+            s.over_claim.share,
+            s.drop_data.share,
+            s.collude.share,
+            s.whitewash.share,
+        ];
+        if shares.iter().any(|&x| !unit(x)) || shares.iter().sum::<f64>() > 1.0 {
+            return Err(invalid(
+                "economy.strategies",
+                "shares in 0..=1 that add up to at most 1",
+            ));
+        }
+        for (name, c) in [("over_claim", &s.over_claim), ("whitewash", &s.whitewash)] {
+            if !unit(c.probability) || c.factor.is_nan() || c.factor < 1.0 {
+                return Err(invalid(
+                    &format!("economy.strategies.{name}"),
+                    "probability in 0..=1, factor at least 1",
+                ));
+            }
+        }
+        if !unit(s.drop_data.fraction) || !(0.0..=100.0).contains(&s.collude.tickets_per_day) {
+            return Err(invalid(
+                "economy.strategies",
+                "drop_data.fraction in 0..=1, collude.tickets_per_day in 0..=100",
+            ));
+        }
+        for f in &self.flash_crowds {
+            if f.rank == 0
+                || !positive(f.hours)
+                || !non_negative(f.share_of_usual)
+                || !non_negative(f.day)
+            {
+                return Err(invalid(
+                    "economy.flash_crowds",
+                    "rank from 1, hours above 0, day and share_of_usual from 0",
+                ));
+            }
+        }
+        let p = &self.patience;
+        if !unit(p.quit_per_day) || !non_negative(p.expects_per_day.median) {
+            return Err(invalid(
+                "economy.patience",
+                "quit_per_day in 0..=1, median from 0",
+            ));
         }
         Ok(())
     }

@@ -13,10 +13,13 @@
 //!   identities.
 //! * [`world`]: the event loop: sessions, departures and arrivals; liveness fed with joins,
 //!   leaves, heartbeats and probe answers; placement and repair of every scheme's catalog.
+//! * [`economy`]: tickets and downloads, honest and cheating claims, audits, and the
+//!   coordinator's reconciliation and pay cores settling them every night.
 //! * [`report`]: tables, JSON summary and charts written to the output directory.
 //! * [`plot`]: SVG charts.
 
 pub mod config;
+pub mod economy;
 pub mod plot;
 pub mod population;
 pub mod report;
@@ -86,6 +89,14 @@ mod tests {
         cfg
     }
 
+    fn all_honest(cfg: &mut SimConfig) {
+        let s = &mut cfg.economy.strategies;
+        s.over_claim.share = 0.0;
+        s.drop_data.share = 0.0;
+        s.collude.share = 0.0;
+        s.whitewash.share = 0.0;
+    }
+
     fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -145,6 +156,7 @@ mod tests {
         }];
         cfg.population.mean_lifetime = forever;
         cfg.population.arrivals_per_day = Some(0.0);
+        all_honest(&mut cfg);
         let dir = tempfile::tempdir().unwrap();
         let s = simulate(&cfg, 1, dir.path()).unwrap();
         assert_eq!(s.departures, 0);
@@ -159,6 +171,55 @@ mod tests {
             assert_eq!(scheme.unavailability, 0.0, "{}", scheme.name);
         }
         assert_eq!(s.offline_unreachable, 0);
+        let e = s.economy.expect("the economy runs by default");
+        assert!(e.downloads > 100 && e.audits > 100, "{e:?}");
+        assert_eq!(e.downloads_failed, 0);
+        assert_eq!(e.audits_failed, 0);
+        assert!(
+            e.verdicts.is_empty(),
+            "all honest, no verdicts: {:?}",
+            e.verdicts
+        );
+        let honest = &e.strategies[0];
+        assert_eq!((honest.strategy.as_str(), honest.offences), ("honest", 0));
+        assert!(honest.net_per_machine > 0.0);
+    }
+
+    /// Nodes that inflate every claim with a forged receipt are caught exactly when the
+    /// reconciliation core checks the receipt in depth: at the configured rate on the first
+    /// night, before anyone is watched.
+    #[test]
+    fn always_cheating_nodes_are_caught_at_the_deep_check_rate() {
+        let mut cfg = small();
+        cfg.days = 4;
+        cfg.nodes = 600;
+        all_honest(&mut cfg);
+        cfg.economy.downloads_per_day = 3000.0;
+        cfg.economy.completion_reports = 0.0;
+        cfg.economy.strategies.over_claim.share = 0.5;
+        cfg.economy.strategies.over_claim.probability = 1.0;
+        let p = 0.1;
+        cfg.economy.reconcile.deep_check_rate = p;
+        let outcome = world::World::new(cfg, 11).run();
+        let e = outcome.economy.unwrap();
+        let first = &e.days[0];
+        let caught = first.verdicts.get("ForgedReceipt").copied().unwrap_or(0);
+        let n = first.inflated as f64;
+        assert!(n > 2000.0, "{first:?}");
+        let rate = caught as f64 / n;
+        let sigma = (p * (1.0 - p) / n).sqrt();
+        assert!(
+            (rate - p).abs() < 4.0 * sigma,
+            "caught {caught} of {n} inflated claims: {rate:.4}, expected {p} ± {:.4}",
+            4.0 * sigma
+        );
+        // Caught nodes are watched from then on: the second night catches nearly every one
+        // of their inflated claims, and the over-claimers end below honest nodes.
+        let second = &e.days[1];
+        let caught2 = second.verdicts.get("ForgedReceipt").copied().unwrap_or(0);
+        assert!(caught2 as f64 / second.inflated as f64 > rate, "{second:?}");
+        let row = |name: &str| e.strategies.iter().find(|r| r.strategy == name).unwrap();
+        assert!(row("over-claim").net_per_machine < row("honest").net_per_machine);
     }
 
     #[test]

@@ -66,6 +66,26 @@ pub struct Node {
     pub stored: u64,
     /// Slots of the fragments it holds (see the world's fragment table).
     pub fragments: Vec<u32>,
+    /// Fragments ever placed on it, by content (sorted): the coordinator's placement records,
+    /// closed ones included, that bound what it may serve.
+    pub ever: Vec<(u32, u32)>,
+}
+
+impl Node {
+    /// Fragments of `content` ever placed on the node.
+    pub fn ever_assigned(&self, content: u32) -> u64 {
+        self.ever
+            .binary_search_by_key(&content, |e| e.0)
+            .map_or(0, |i| u64::from(self.ever[i].1))
+    }
+
+    /// Records a placement of a fragment of `content`.
+    pub fn placed(&mut self, content: u32) {
+        match self.ever.binary_search_by_key(&content, |e| e.0) {
+            Ok(i) => self.ever[i].1 += 1,
+            Err(i) => self.ever.insert(i, (content, 1)),
+        }
+    }
 }
 
 impl Node {
@@ -210,6 +230,7 @@ pub fn new_node(p: &Population, index: u32, born: u64, subnets: u32, rng: &mut i
         online_by_day: [0; WINDOW_DAYS],
         stored: 0,
         fragments: Vec::new(),
+        ever: Vec::new(),
     }
 }
 

@@ -24,8 +24,25 @@ pub struct Summary {
     pub departures: u64,
     pub probes: u64,
     pub offline_unreachable: u64,
+    pub whitewashed: u64,
     pub schemes: Vec<SchemeRow>,
     pub capacity: Capacity,
+    /// Downloads, verdicts and what each strategy earned; absent when the economy is off.
+    pub economy: Option<EconomySummary>,
+}
+
+/// The economy's headline figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EconomySummary {
+    pub tickets: u64,
+    pub downloads: u64,
+    pub downloads_failed: u64,
+    pub served_bytes_paid: u128,
+    pub audits: u64,
+    pub audits_failed: u64,
+    /// Verdicts by kind over the run.
+    pub verdicts: std::collections::BTreeMap<String, u64>,
+    pub strategies: Vec<super::economy::StrategyRow>,
 }
 
 /// One scheme's durability and repair figures.
@@ -125,6 +142,25 @@ pub fn summarise(cfg: &SimConfig, seed: u64, out: &Outcome) -> Summary {
         departures: out.departures,
         probes: out.probes,
         offline_unreachable: out.offline_unreachable,
+        whitewashed: out.whitewashed,
+        economy: out.economy.as_ref().map(|e| {
+            let mut verdicts = std::collections::BTreeMap::new();
+            for d in &e.days {
+                for (k, v) in &d.verdicts {
+                    *verdicts.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            EconomySummary {
+                tickets: e.tickets,
+                downloads: e.days.iter().map(|d| d.downloads).sum(),
+                downloads_failed: e.days.iter().map(|d| d.downloads_failed).sum(),
+                served_bytes_paid: e.served_bytes,
+                audits: e.audits,
+                audits_failed: e.audits_failed,
+                verdicts,
+                strategies: e.strategies.clone(),
+            }
+        }),
         schemes,
         capacity: Capacity {
             upload_bytes_per_s_mean: mean(&up),
@@ -215,6 +251,9 @@ pub fn write(dir: &Path, cfg: &SimConfig, summary: &Summary, out: &Outcome) -> s
     fs::write(dir.join("timeseries.csv"), csv)?;
 
     charts(dir, cfg, summary, out)?;
+    if let Some(e) = &out.economy {
+        economy_files(dir, cfg, e)?;
+    }
     fs::write(dir.join("report.md"), markdown(cfg, summary))
 }
 
@@ -297,6 +336,117 @@ fn charts(dir: &Path, cfg: &SimConfig, summary: &Summary, out: &Outcome) -> std:
     )
 }
 
+fn economy_files(
+    dir: &Path,
+    cfg: &SimConfig,
+    e: &super::economy::EconomyOutcome,
+) -> std::io::Result<()> {
+    use super::economy::Strategy;
+    let mut csv = String::from(
+        "strategy,machines,identities,offences,caught_share,net_per_machine,net_vs_honest,\
+         fined_per_machine,forfeited_per_machine,spent_per_machine\n",
+    );
+    for r in &e.strategies {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            csv_escape(&r.strategy),
+            r.machines,
+            r.identities,
+            r.offences,
+            r.caught_share,
+            r.net_per_machine,
+            r.net_vs_honest,
+            r.fined_per_machine,
+            r.forfeited_per_machine,
+            r.spent_per_machine
+        );
+    }
+    fs::write(dir.join("deterrence.csv"), csv)?;
+    let present: Vec<Strategy> = Strategy::ALL
+        .into_iter()
+        .filter(|s| e.days.iter().any(|d| d.balance.contains_key(s)))
+        .collect();
+    let mut csv = String::from("day");
+    for s in &present {
+        let _ = write!(csv, ",balance:{},earned:{}", s.name(), s.name());
+    }
+    let levels = cfg.economy.pay.levels.len();
+    for l in &cfg.economy.pay.levels {
+        let _ = write!(csv, ",level:{}", csv_escape(&l.name));
+    }
+    csv.push_str(",downloads,downloads_failed\n");
+    for d in &e.days {
+        let _ = write!(csv, "{}", d.day);
+        for s in &present {
+            let _ = write!(
+                csv,
+                ",{:.4},{:.4}",
+                d.balance.get(s).copied().unwrap_or(0.0),
+                d.earned.get(s).copied().unwrap_or(0.0)
+            );
+        }
+        for l in 0..levels {
+            let _ = write!(csv, ",{}", d.levels.get(l).copied().unwrap_or(0));
+        }
+        let _ = writeln!(csv, ",{},{}", d.downloads, d.downloads_failed);
+    }
+    fs::write(dir.join("economy.csv"), csv)?;
+    let lines: Vec<Line> = present
+        .iter()
+        .map(|s| Line {
+            name: s.name().into(),
+            points: e
+                .days
+                .iter()
+                .map(|d| (f64::from(d.day), d.balance.get(s).copied().unwrap_or(0.0)))
+                .collect(),
+        })
+        .collect();
+    plot::line_chart(
+        &dir.join("earnings.svg"),
+        &Chart {
+            title: "What each strategy's machines hold: available + held − tickets bought",
+            x: "day",
+            y: "credits per machine",
+            lines: &lines,
+            marks: &[],
+            from_zero: true,
+        },
+    )?;
+    let lines: Vec<Line> = cfg
+        .economy
+        .pay
+        .levels
+        .iter()
+        .enumerate()
+        .map(|(l, level)| Line {
+            name: level.name.clone(),
+            points: e
+                .days
+                .iter()
+                .map(|d| {
+                    (
+                        f64::from(d.day),
+                        d.levels.get(l).copied().unwrap_or(0) as f64,
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    plot::line_chart(
+        &dir.join("levels.svg"),
+        &Chart {
+            title: "Identities at each pay level",
+            x: "day",
+            y: "identities",
+            lines: &lines,
+            marks: &[],
+            from_zero: true,
+        },
+    )
+}
+
 fn markdown(cfg: &SimConfig, s: &Summary) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -346,5 +496,43 @@ fn markdown(cfg: &SimConfig, s: &Summary) -> String {
         c.disk_bytes_mean / 1e15,
         100.0 * c.nodes_up_share_mean
     );
+    if let Some(e) = &s.economy {
+        let _ = writeln!(md, "\n## Economy\n");
+        let _ = writeln!(
+            md,
+            "{} downloads ({} failed: too few holders up), {:.1} TB paid as served; {} audits, {} \
+             failed; {} whitewashers came back under a new identity.\n",
+            e.downloads,
+            e.downloads_failed,
+            e.served_bytes_paid as f64 / 1e12,
+            e.audits,
+            e.audits_failed,
+            s.whitewashed
+        );
+        let _ = writeln!(
+            md,
+            "| strategy | machines | caught | offences | net credits per machine | vs honest | fined | forfeited | tickets bought |"
+        );
+        let _ = writeln!(
+            md,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for r in &e.strategies {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} % | {} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} |",
+                r.strategy,
+                r.machines,
+                100.0 * r.caught_share,
+                r.offences,
+                r.net_per_machine,
+                r.net_vs_honest,
+                r.fined_per_machine,
+                r.forfeited_per_machine,
+                r.spent_per_machine
+            );
+        }
+        let _ = writeln!(md, "\nVerdicts: {:?}", e.verdicts);
+    }
     md
 }

@@ -18,7 +18,9 @@ use rand_distr::{Distribution, Exp};
 use rand_pcg::Pcg64Mcg;
 
 use super::config::SimConfig;
+use super::economy::{ContentInfo, Economy, EconomyOutcome};
 use super::population::{self, DAY, Node};
+use crate::audit::{Outcome as AuditOutcome, Verdict as AuditVerdict};
 use crate::history::{GroupRules, NodeProfile};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig};
 use crate::placement::{self, PlacementRules, Placer, Subnet, WeightedCandidate};
@@ -36,6 +38,7 @@ enum Kind {
     Down,
     Depart,
     Arrive,
+    Download,
 }
 
 /// A segment's ground truth.
@@ -121,6 +124,9 @@ pub struct Outcome {
     pub probes: u64,
     pub offline_unreachable: u64,
     pub events: u64,
+    /// Caught whitewashers that came back under a new identity.
+    pub whitewashed: u64,
+    pub economy: Option<EconomyOutcome>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -158,6 +164,18 @@ pub struct World {
     listed_count: u64,
     alive_count: u64,
     out: Outcome,
+    economy: Option<Economy>,
+    /// Every content of the catalog, by global index.
+    contents: Vec<ContentInfo>,
+    /// First segment of every content.
+    content_seg: Vec<u32>,
+    /// Fragments of every content ever placed, on all nodes.
+    content_ever: Vec<u64>,
+    /// Slots whose holder deleted the fragment (droppers): not readable, whatever it claims.
+    phantom: Vec<bool>,
+    /// Contents of the economy's scheme, in popularity order.
+    popular: Vec<u32>,
+    zipf: Option<rand_distr::Zipf<f64>>,
 }
 
 fn content_id(index: u32) -> ContentId {
@@ -213,6 +231,13 @@ impl World {
             listed_count: 0,
             alive_count: 0,
             out: Outcome::default(),
+            economy: cfg.economy.enabled.then(|| Economy::new(&cfg.economy)),
+            contents: Vec::new(),
+            content_seg: Vec::new(),
+            content_ever: Vec::new(),
+            phantom: Vec::new(),
+            popular: Vec::new(),
+            zipf: None,
             cfg,
         };
         for _ in 0..world.cfg.nodes {
@@ -229,14 +254,19 @@ impl World {
     /// Registers a node now. Starting nodes have a history: they registered long ago, and
     /// their last 30 days match their habits.
     fn add_node(&mut self, at_start: bool) {
-        let index = self.nodes.len() as u32;
-        let mut node = population::new_node(
+        let node = population::new_node(
             &self.cfg.population,
-            index,
+            self.nodes.len() as u32,
             self.now,
             self.subnets,
             &mut self.rng,
         );
+        self.register(node, at_start, None);
+    }
+
+    /// Registers `node` (a new machine, or a whitewasher's machine under a fresh identity).
+    fn register(&mut self, mut node: Node, at_start: bool, machine: Option<u32>) {
+        let index = self.nodes.len() as u32;
         let availability = population::expected_availability(&self.cfg.population, &node);
         let starts_up = if at_start {
             node.born = 0;
@@ -248,6 +278,9 @@ impl World {
         };
         let departs = node.departs;
         self.nodes.push(node);
+        if let Some(e) = &mut self.economy {
+            e.add_node(index, machine, self.now, &mut self.rng);
+        }
         self.listed.push(false);
         self.alive_count += 1;
         if departs < self.end {
@@ -320,7 +353,9 @@ impl World {
         self.add_capacity(i, 1.0);
         for f in 0..self.nodes[i as usize].fragments.len() {
             let slot = self.nodes[i as usize].fragments[f];
-            self.seg_up(self.slot_seg[slot as usize], 1);
+            if !self.phantom[slot as usize] {
+                self.seg_up(self.slot_seg[slot as usize], 1);
+            }
         }
         self.liveness.handle(Event::Joined(peer), self.instant(now));
         if !self.listed[i as usize] {
@@ -346,7 +381,9 @@ impl World {
         self.add_capacity(i, -1.0);
         for f in 0..self.nodes[i as usize].fragments.len() {
             let slot = self.nodes[i as usize].fragments[f];
-            self.seg_up(self.slot_seg[slot as usize], -1);
+            if !self.phantom[slot as usize] {
+                self.seg_up(self.slot_seg[slot as usize], -1);
+            }
         }
         if self.rng.random::<f64>() < self.cfg.population.graceful_leave {
             self.liveness.handle(Event::Left(peer), self.instant(now));
@@ -369,9 +406,14 @@ impl World {
         let fragments = std::mem::take(&mut node.fragments);
         self.alive_count -= 1;
         self.out.departures += 1;
+        if let Some(e) = &mut self.economy {
+            e.retire(i);
+        }
         for slot in fragments {
-            let s = self.slot_seg[slot as usize];
-            self.seg_alive(s, -1);
+            if !self.phantom[slot as usize] {
+                let s = self.slot_seg[slot as usize];
+                self.seg_alive(s, -1);
+            }
         }
     }
 
@@ -405,34 +447,28 @@ impl World {
     /// Puts node `i` in `slot` (replacing whoever held it).
     fn assign(&mut self, slot: u32, i: u32) {
         let s = self.slot_seg[slot as usize];
-        let old = self.holders[slot as usize];
         let frag = self.out.schemes[self.segs[s as usize].scheme as usize].fragment_bytes;
-        if old != NONE {
-            let was_up = self.nodes[old as usize].up;
-            let o = &mut self.nodes[old as usize];
-            if !o.departed {
-                if let Some(p) = o.fragments.iter().position(|&f| f == slot) {
-                    o.fragments.swap_remove(p);
-                }
-                o.stored -= frag;
-                if was_up {
-                    let b = self.bucket(old);
-                    self.buckets[b].stored -= frag as f64;
-                    self.seg_up(s, -1);
-                }
-                self.seg_alive(s, -1);
-            }
-        }
+        self.release(slot);
         self.holders[slot as usize] = i;
+        let drops = self.economy.as_ref().map_or(0.0, |e| e.drops(i));
+        let phantom = drops > 0.0 && self.rng.random::<f64>() < drops;
+        self.phantom[slot as usize] = phantom;
+        let content = self.segs[s as usize].content;
+        self.content_ever[content as usize] += 1;
         let n = &mut self.nodes[i as usize];
         n.fragments.push(slot);
+        n.placed(content);
         n.stored += frag;
         let up = n.up;
-        self.seg_alive(s, 1);
         if up {
             let b = self.bucket(i);
             self.buckets[b].stored += frag as f64;
-            self.seg_up(s, 1);
+        }
+        if !phantom {
+            self.seg_alive(s, 1);
+            if up {
+                self.seg_up(s, 1);
+            }
         }
         let seg = &self.segs[s as usize];
         let index = (slot - seg.first_slot) as u16;
@@ -440,6 +476,36 @@ impl World {
         let peer = self.nodes[i as usize].peer;
         self.repair
             .set_holder(&content, segment, index, Some(peer), self.instant(self.now));
+    }
+
+    /// Takes `slot` from its holder (the placement is closed): the fragment no longer counts.
+    fn release(&mut self, slot: u32) {
+        let old = self.holders[slot as usize];
+        if old == NONE {
+            return;
+        }
+        let s = self.slot_seg[slot as usize];
+        let frag = self.out.schemes[self.segs[s as usize].scheme as usize].fragment_bytes;
+        self.holders[slot as usize] = NONE;
+        let was_up = self.nodes[old as usize].up;
+        let o = &mut self.nodes[old as usize];
+        if o.departed {
+            return;
+        }
+        if let Some(p) = o.fragments.iter().position(|&f| f == slot) {
+            o.fragments.swap_remove(p);
+        }
+        o.stored -= frag;
+        if was_up {
+            let b = self.bucket(old);
+            self.buckets[b].stored -= frag as f64;
+        }
+        if !self.phantom[slot as usize] {
+            if was_up {
+                self.seg_up(s, -1);
+            }
+            self.seg_alive(s, -1);
+        }
     }
 
     /// Whether node `i` can take a fragment of `bytes` now.
@@ -504,6 +570,14 @@ impl World {
                     .rng
                     .random_range(catalog.segments.0..=catalog.segments.1);
                 let id = content_id(content);
+                self.contents.push(ContentInfo {
+                    segments,
+                    k: scheme.k,
+                    shards: shards as u8,
+                    fragment_bytes: frag,
+                });
+                self.content_seg.push(self.segs.len() as u32);
+                self.content_ever.push(0);
                 self.repair.add_content(
                     id,
                     Layout {
@@ -531,6 +605,7 @@ impl World {
                     });
                     self.holders.extend(std::iter::repeat_n(NONE, shards));
                     self.slot_seg.extend(std::iter::repeat_n(s, shards));
+                    self.phantom.extend(std::iter::repeat_n(false, shards));
                     self.out.schemes[si].segments += 1;
                     self.out.schemes[si].unavailable_now += 1;
                     let mut rng = Pcg64Mcg::seed_from_u64(self.rng.random());
@@ -560,6 +635,253 @@ impl World {
         }
     }
 
+    /// Starts the downloads once the catalog exists: the economy's scheme's contents in a random
+    /// popularity order, Zipf-distributed.
+    fn open_shop(&mut self) {
+        if self.economy.is_none() || self.cfg.economy.downloads_per_day <= 0.0 {
+            return;
+        }
+        let contents = self.cfg.catalog.contents;
+        let first = self.cfg.economy.scheme as u32 * contents;
+        self.popular = (first..first + contents).collect();
+        for i in (1..self.popular.len()).rev() {
+            let j = self.rng.random_range(0..=i);
+            self.popular.swap(i, j);
+        }
+        self.zipf = rand_distr::Zipf::new(f64::from(contents), self.cfg.economy.zipf).ok();
+        self.schedule_download();
+    }
+
+    /// Downloads per second now: the usual rate plus any flash crowd.
+    fn download_rate(&self) -> f64 {
+        let usual = self.cfg.economy.downloads_per_day / DAY as f64;
+        let crowd: f64 = self
+            .cfg
+            .economy
+            .flash_crowds
+            .iter()
+            .filter(|f| self.in_crowd(f))
+            .map(|f| f.share_of_usual)
+            .sum();
+        usual * (1.0 + crowd)
+    }
+
+    fn in_crowd(&self, f: &super::config::FlashCrowd) -> bool {
+        let start = f.day * DAY as f64;
+        let t = self.now as f64;
+        t >= start && t < start + f.hours * 3600.0
+    }
+
+    fn schedule_download(&mut self) {
+        let rate = self.download_rate();
+        if rate <= 0.0 {
+            return;
+        }
+        let wait = Exp::new(rate).expect("positive rate").sample(&mut self.rng);
+        // A wait beyond an hour is cut short by an empty event that draws again, so that a
+        // flash crowd's start is never jumped over (memoryless: the same process).
+        let (at, real) = if wait > 3600.0 {
+            (self.now + 3600, false)
+        } else {
+            (self.now + wait.max(1.0) as u64, true)
+        };
+        if at < self.end {
+            self.events
+                .push(Reverse((at, Kind::Download, u32::from(real))));
+        }
+    }
+
+    /// One download: a content drawn by popularity (or the flash crowd's), `k` fragments of
+    /// each segment fetched from holders that are up and really have them.
+    fn download(&mut self, real: bool) {
+        self.schedule_download();
+        if !real {
+            return;
+        }
+        let crowd_share: Vec<(u32, f64)> = self
+            .cfg
+            .economy
+            .flash_crowds
+            .iter()
+            .filter(|f| self.in_crowd(f))
+            .map(|f| (f.rank, f.share_of_usual))
+            .collect();
+        let total: f64 = 1.0 + crowd_share.iter().map(|c| c.1).sum::<f64>();
+        let mut x = self.rng.random::<f64>() * total;
+        let mut rank = None;
+        for (r, share) in &crowd_share {
+            if x < *share {
+                rank = Some(*r);
+                break;
+            }
+            x -= share;
+        }
+        let rank = match (rank, &self.zipf) {
+            (Some(r), _) => r,
+            (None, Some(z)) => z.sample(&mut self.rng) as u32,
+            (None, None) => 1,
+        };
+        let content = self.popular[(rank.max(1) as usize - 1).min(self.popular.len() - 1)];
+        let info = self.contents[content as usize];
+        let first = self.content_seg[content as usize];
+        let mut served: Vec<(u32, u64)> = Vec::new();
+        let mut ok = true;
+        let mut up = Vec::with_capacity(usize::from(info.shards));
+        for s in first..first + info.segments {
+            let seg = &self.segs[s as usize];
+            up.clear();
+            for slot in seg.first_slot..seg.first_slot + u32::from(seg.shards) {
+                let h = self.holders[slot as usize];
+                if h != NONE && self.nodes[h as usize].up && !self.phantom[slot as usize] {
+                    up.push(h);
+                }
+            }
+            if up.len() < usize::from(info.k) {
+                ok = false;
+                break;
+            }
+            for j in 0..usize::from(info.k) {
+                let pick = self.rng.random_range(j..up.len());
+                up.swap(j, pick);
+                served.push((up[j], info.fragment_bytes));
+            }
+        }
+        served.sort_unstable();
+        let mut merged: Vec<(u32, u64)> = Vec::with_capacity(served.len());
+        for (n, b) in served {
+            match merged.last_mut() {
+                Some(last) if last.0 == n => last.1 += b,
+                _ => merged.push((n, b)),
+            }
+        }
+        let now = self.now;
+        if let Some(e) = &mut self.economy {
+            e.download(content, ok.then_some(merged), &info, now, &mut self.rng);
+        }
+    }
+
+    /// Storage audits due now, answered from the ground truth: a node that is down times out,
+    /// a dropper has not got what it deleted. A fragment found missing is taken off the node.
+    fn audits(&mut self) {
+        let now = self.now;
+        let Some(tasks) = self
+            .economy
+            .as_mut()
+            .map(|e| e.audits_due(now, &mut self.rng))
+        else {
+            return;
+        };
+        for task in tasks {
+            let node = task.node;
+            let n = &self.nodes[node as usize];
+            let slot = match task.recheck {
+                Some(f) => {
+                    let content = content_index(&f.content);
+                    self.find_seg(content, f.segment)
+                        .map(|s| self.segs[s as usize].first_slot + u32::from(f.index))
+                }
+                None if n.fragments.is_empty() => None,
+                None => Some(n.fragments[self.rng.random_range(0..n.fragments.len())]),
+            };
+            let Some(slot) = slot else { continue };
+            let seg = &self.segs[self.slot_seg[slot as usize] as usize];
+            let fragment = overlay::store::FragmentId {
+                content: content_id(seg.content),
+                segment: seg.segment,
+                index: (slot - seg.first_slot) as u16,
+            };
+            // A re-check may be about a fragment repair has since placed elsewhere: an honest
+            // node still has its copy (nobody told it to delete yet), a dropper has not.
+            let claimed = self.holders[slot as usize] == node;
+            let dropper = self.economy.as_ref().is_some_and(|e| e.drops(node) > 0.0);
+            let outcome = if !n.up {
+                AuditOutcome::Timeout
+            } else if (claimed && self.phantom[slot as usize]) || (!claimed && dropper) {
+                AuditOutcome::NotFound
+            } else {
+                AuditOutcome::Pass
+            };
+            let e = self.economy.as_mut().expect("checked");
+            if let AuditVerdict::Failed { reason, .. } =
+                e.audited(node, fragment, outcome, claimed, now)
+                && reason.fragment_lost()
+                && self.holders[slot as usize] == node
+            {
+                self.release(slot);
+                self.repair.set_holder(
+                    &fragment.content,
+                    fragment.segment,
+                    fragment.index,
+                    None,
+                    self.instant(now),
+                );
+            }
+        }
+    }
+
+    /// The nightly accounting run, and what follows from it: caught whitewashers start again
+    /// under a new identity, underpaid owners quit.
+    fn settle(&mut self) {
+        let Some(mut e) = self.economy.take() else {
+            return;
+        };
+        let scheme = self.cfg.economy.scheme as u8;
+        let (nodes, segs, slot_seg) = (&self.nodes, &self.segs, &self.slot_seg);
+        let ever = &self.content_ever;
+        let assigned = |node: u32, content: u32| nodes[node as usize].ever_assigned(content);
+        let assigned_total = |content: u32| ever[content as usize];
+        let colluder_content = |node: u32, draw: u64| -> Option<u32> {
+            let f = &nodes[node as usize].fragments;
+            if f.is_empty() {
+                return None;
+            }
+            let slot = f[(draw % f.len() as u64) as usize];
+            let seg = &segs[slot_seg[slot as usize] as usize];
+            (seg.scheme == scheme).then_some(seg.content)
+        };
+        let consequences = e.settle(
+            self.now,
+            &self.nodes,
+            &self.contents,
+            &super::economy::Placements {
+                assigned: &assigned,
+                assigned_total: &assigned_total,
+                held_content: &colluder_content,
+            },
+            &mut self.rng,
+        );
+        self.economy = Some(e);
+        for node in consequences.quit {
+            self.depart(node);
+        }
+        for node in consequences.whitewash {
+            self.whitewash(node);
+        }
+    }
+
+    /// A caught whitewasher wipes its identity and rejoins as a new node on the same machine:
+    /// what it stored is gone, its record starts again.
+    fn whitewash(&mut self, i: u32) {
+        if self.nodes[i as usize].departed {
+            return;
+        }
+        let machine = self.economy.as_ref().map(|e| e.machine(i));
+        let old = self.nodes[i as usize].clone();
+        self.depart(i);
+        self.out.departures -= 1;
+        let mut fresh = old;
+        fresh.peer = population::peer(self.nodes.len() as u32);
+        fresh.born = self.now;
+        fresh.departed = false;
+        fresh.up = false;
+        fresh.online_by_day = [0; population::WINDOW_DAYS];
+        fresh.stored = 0;
+        fresh.fragments = Vec::new();
+        fresh.ever = Vec::new();
+        self.out.whitewashed += 1;
+        self.register(fresh, false, machine);
+    }
+
     /// One repair round: the repair core's jobs, carried out at once where `k` holders answer.
     fn repair_round(&mut self) {
         let check = self.repair.check(self.instant(self.now));
@@ -577,8 +899,12 @@ impl World {
             // The rebuilder reads k fragments from holders the core lists live; those that
             // do not answer are reported unreachable, as a real repair driver does.
             let mut sources = Vec::new();
-            for &(_, peer) in &job.holders {
+            for &(index, peer) in &job.holders {
                 let i = population::index(&peer).expect("a simulated node");
+                let slot = seg.first_slot + u32::from(index);
+                if self.phantom[slot as usize] {
+                    continue;
+                }
                 if self.nodes[i as usize].up {
                     if sources.len() < usize::from(seg.k) {
                         sources.push(i);
@@ -618,6 +944,11 @@ impl World {
                         break;
                     }
                     next = plan.replacement();
+                }
+            }
+            if let Some(e) = &mut self.economy {
+                for &i in &sources {
+                    e.repair_served(i, frag);
                 }
             }
             let st = &mut self.out.schemes[scheme];
@@ -742,6 +1073,7 @@ impl World {
         );
         let publish_at = u64::from(self.cfg.catalog.publish_day) * DAY;
         let (mut next_hb, mut next_check, mut next_sample, mut next_day) = (hb, publish_at, 0, DAY);
+        let mut next_audit = 3600;
         let mut published = false;
         loop {
             let event_at = self.events.peek().map_or(u64::MAX, |Reverse(e)| e.0);
@@ -749,7 +1081,11 @@ impl World {
                 .liveness
                 .next_deadline()
                 .map_or(u64::MAX, |t| t.duration_since(self.base).as_secs());
-            let tick = next_hb.min(next_check).min(next_sample).min(next_day);
+            let tick = next_hb
+                .min(next_check)
+                .min(next_sample)
+                .min(next_day)
+                .min(next_audit);
             let at = event_at.min(live_at).min(tick);
             if at >= self.end {
                 break;
@@ -767,16 +1103,26 @@ impl World {
                         self.add_node(false);
                         self.schedule_arrival();
                     }
+                    Kind::Download => self.download(i == 1),
                 }
             } else if at == next_day {
                 self.new_day();
+                if published {
+                    self.settle();
+                }
                 next_day += DAY;
+            } else if at == next_audit {
+                if published {
+                    self.audits();
+                }
+                next_audit += 3600;
             } else if at == next_hb {
                 self.heartbeats();
                 next_hb += hb;
             } else if at == next_check {
                 if !published {
                     self.publish();
+                    self.open_shop();
                     published = true;
                 } else {
                     self.repair_round();
@@ -796,6 +1142,7 @@ impl World {
             }
         }
         let stats = self.liveness.stats();
+        self.out.economy = self.economy.take().map(Economy::finish);
         self.out.probes = stats.probes;
         self.out.offline_unreachable = stats.offline_unreachable;
         self.out
