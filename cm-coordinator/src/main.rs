@@ -902,38 +902,58 @@ fn simulate(
     print_config: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    use cm_coordinator::sim::{self, SimConfig};
-    let mut cfg = match &config {
+    use cm_coordinator::sim::{self, SimConfig, variants};
+    let mut plan = match &config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            SimConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+            variants::plan(&text).with_context(|| format!("in {}", path.display()))?
         }
-        None => SimConfig::default(),
+        None => variants::Plan {
+            base: SimConfig::default(),
+            variants: Vec::new(),
+            x_label: String::new(),
+        },
     };
-    if let Some(n) = nodes {
-        cfg.nodes = n;
+    let configs = std::iter::once(&mut plan.base).chain(plan.variants.iter_mut().map(|v| &mut v.1));
+    for cfg in configs {
+        if let Some(n) = nodes {
+            cfg.nodes = n;
+        }
+        if let Some(d) = days {
+            cfg.days = d;
+        }
+        cfg.validate()?;
     }
-    if let Some(d) = days {
-        cfg.days = d;
-    }
-    cfg.validate()?;
     if print_config {
-        print!("{}", toml::to_string(&cfg)?);
+        print!("{}", toml::to_string(&plan.base)?);
         return Ok(());
     }
     let out = out.context("--out is required")?;
     let started = std::time::Instant::now();
-    tracing::info!(nodes = cfg.nodes, days = cfg.days, seed, "simulating");
-    let summary = sim::simulate(&cfg, seed, &out)?;
-    tracing::info!(
-        events = summary.events,
-        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        peak_rss_mib = peak_rss_mib(),
-        out = %out.display(),
-        "simulation done"
-    );
-    println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+    if plan.variants.is_empty() {
+        let cfg = &plan.base;
+        tracing::info!(nodes = cfg.nodes, days = cfg.days, seed, "simulating");
+        let summary = sim::simulate(cfg, seed, &out)?;
+        tracing::info!(
+            events = summary.events,
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            peak_rss_mib = peak_rss_mib(),
+            out = %out.display(),
+            "simulation done"
+        );
+        println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+    } else {
+        let runs = variants::run(&plan, seed, &out)?;
+        tracing::info!(
+            variants = runs.len(),
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            peak_rss_mib = peak_rss_mib(),
+            out = %out.display(),
+            "simulations done"
+        );
+        println!("{}", std::fs::read_to_string(out.join("variants.md"))?);
+    }
     Ok(())
 }
 

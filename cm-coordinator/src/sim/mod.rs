@@ -17,12 +17,14 @@
 //!   coordinator's reconciliation and pay cores settling them every night.
 //! * [`report`]: tables, JSON summary and charts written to the output directory.
 //! * [`plot`]: SVG charts.
+//! * [`variants`]: several runs from one file (`[[variant]]`), compared in tables and charts.
 
 pub mod config;
 pub mod economy;
 pub mod plot;
 pub mod population;
 pub mod report;
+pub mod variants;
 pub mod world;
 
 use std::path::Path;
