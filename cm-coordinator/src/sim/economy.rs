@@ -135,6 +135,14 @@ pub struct Day {
     pub verdicts: BTreeMap<String, u64>,
     /// Identities at each pay level.
     pub levels: Vec<u64>,
+    /// Share of the bytes paid as served today that the most available quarter of the
+    /// registered identities (by 30-day availability) served.
+    pub top_quarter_served: f64,
+    /// Owners who quit today, paid less than they expect; and the mean age (days) of those.
+    pub quits: u64,
+    pub quit_age_days: f64,
+    /// Mean age (days) of the identities registered.
+    pub mean_age_days: f64,
 }
 
 /// The economy's figures over the run.
@@ -518,6 +526,24 @@ impl Economy {
                 },
             });
         }
+        let mut by_availability: Vec<(f64, u64)> = inputs
+            .iter()
+            .map(|i| (i.facts.availability, i.work.served_bytes))
+            .collect();
+        by_availability.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let top = by_availability.len().div_ceil(4);
+        let served_all: u128 = by_availability.iter().map(|x| u128::from(x.1)).sum();
+        let served_top: u128 = by_availability[..top].iter().map(|x| u128::from(x.1)).sum();
+        let top_quarter_served = if served_all > 0 {
+            served_top as f64 / served_all as f64
+        } else {
+            0.0
+        };
+        let mean_age_days = inputs
+            .iter()
+            .map(|i| i.facts.age_secs as f64 / DAY as f64)
+            .sum::<f64>()
+            / inputs.len().max(1) as f64;
         let settlement = pay::settle(
             &policy,
             &RunInfo {
@@ -574,6 +600,17 @@ impl Economy {
         self.revenue = 0;
         self.period_from = now;
         self.record_day(today, nodes, policy.levels.len());
+        let quit_age: f64 = consequences
+            .quit
+            .iter()
+            .map(|&n| now.saturating_sub(nodes[n as usize].born) as f64 / DAY as f64)
+            .sum();
+        if let Some(day) = self.out.days.last_mut() {
+            day.top_quarter_served = top_quarter_served;
+            day.mean_age_days = mean_age_days;
+            day.quits = consequences.quit.len() as u64;
+            day.quit_age_days = quit_age / consequences.quit.len().max(1) as f64;
+        }
         consequences
     }
 
@@ -752,6 +789,7 @@ impl Economy {
             inflated: self.claims_today.1,
             verdicts: std::mem::take(&mut self.verdicts_today),
             levels: level_counts,
+            ..Day::default()
         });
         self.downloads_today = (0, 0);
         self.claims_today = (0, 0);

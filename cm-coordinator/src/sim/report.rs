@@ -43,6 +43,15 @@ pub struct EconomySummary {
     /// Verdicts by kind over the run.
     pub verdicts: std::collections::BTreeMap<String, u64>,
     pub strategies: Vec<super::economy::StrategyRow>,
+    /// Mean over the days of the share of served bytes from the most available quarter.
+    pub top_quarter_served: f64,
+    /// Owners who quit, underpaid, and their mean age (days) when they did.
+    pub quits: u64,
+    pub quit_age_days: f64,
+    /// Mean age (days) of registered identities on the last day.
+    pub mean_age_days: f64,
+    /// Identities at each pay level on the last day.
+    pub levels: Vec<u64>,
 }
 
 /// One scheme's durability and repair figures.
@@ -159,6 +168,19 @@ pub fn summarise(cfg: &SimConfig, seed: u64, out: &Outcome) -> Summary {
                 audits_failed: e.audits_failed,
                 verdicts,
                 strategies: e.strategies.clone(),
+                top_quarter_served: e.days.iter().map(|d| d.top_quarter_served).sum::<f64>()
+                    / e.days.len().max(1) as f64,
+                quits: e.days.iter().map(|d| d.quits).sum(),
+                quit_age_days: {
+                    let q: u64 = e.days.iter().map(|d| d.quits).sum();
+                    e.days
+                        .iter()
+                        .map(|d| d.quit_age_days * d.quits as f64)
+                        .sum::<f64>()
+                        / q.max(1) as f64
+                },
+                mean_age_days: e.days.last().map_or(0.0, |d| d.mean_age_days),
+                levels: e.days.last().map_or_else(Vec::new, |d| d.levels.clone()),
             }
         }),
         schemes,
@@ -375,7 +397,7 @@ fn economy_files(
     for l in &cfg.economy.pay.levels {
         let _ = write!(csv, ",level:{}", csv_escape(&l.name));
     }
-    csv.push_str(",downloads,downloads_failed\n");
+    csv.push_str(",downloads,downloads_failed,top_quarter_served,quits,mean_age_days\n");
     for d in &e.days {
         let _ = write!(csv, "{}", d.day);
         for s in &present {
@@ -389,7 +411,11 @@ fn economy_files(
         for l in 0..levels {
             let _ = write!(csv, ",{}", d.levels.get(l).copied().unwrap_or(0));
         }
-        let _ = writeln!(csv, ",{},{}", d.downloads, d.downloads_failed);
+        let _ = writeln!(
+            csv,
+            ",{},{},{:.4},{},{:.2}",
+            d.downloads, d.downloads_failed, d.top_quarter_served, d.quits, d.mean_age_days
+        );
     }
     fs::write(dir.join("economy.csv"), csv)?;
     let lines: Vec<Line> = present
@@ -533,6 +559,17 @@ fn markdown(cfg: &SimConfig, s: &Summary) -> String {
             );
         }
         let _ = writeln!(md, "\nVerdicts: {:?}", e.verdicts);
+        let _ = writeln!(
+            md,
+            "\nThe most available quarter of the nodes served {:.1} % of the paid bytes; {} owners \
+             quit underpaid (after {:.1} days on average); identities are {:.1} days old on \
+             average at the end; identities per pay level: {:?}.",
+            100.0 * e.top_quarter_served,
+            e.quits,
+            e.quit_age_days,
+            e.mean_age_days,
+            e.levels
+        );
     }
     md
 }

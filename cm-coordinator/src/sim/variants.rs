@@ -232,6 +232,24 @@ fn compare(plan: &Plan, runs: &[(String, Summary)], out: &Path) -> std::io::Resu
                     r.net_vs_honest
                 );
             }
+            for (metric, value) in [
+                ("top_quarter_served", e.top_quarter_served),
+                ("quits", e.quits as f64),
+                ("mean_age_days", e.mean_age_days),
+            ] {
+                let _ = writeln!(
+                    csv,
+                    "{name:?},{series:?},{x},economy,\"\",{metric},{value:e}"
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nMost available quarter served {:.1} % of paid bytes; {} owners quit underpaid; \
+                 identities per level at the end: {:?}.",
+                100.0 * e.top_quarter_served,
+                e.quits,
+                e.levels
+            );
         }
         md.push('\n');
     }
