@@ -177,7 +177,12 @@ fn compare(plan: &Plan, runs: &[(String, Summary)], out: &Path) -> std::io::Resu
         let series = variant.series.clone().unwrap_or_default();
         let x = variant.x.map(|x| x.to_string()).unwrap_or_default();
         let _ = writeln!(md, "## {name}\n");
-        let _ = writeln!(md, "Settings: `{}`\n", variant.set);
+        let settings: Vec<String> = variant
+            .set
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        let _ = writeln!(md, "Settings: `{}`\n", settings.join(", "));
         let _ = writeln!(
             md,
             "| scheme | lost | unreadable time | repair traffic per node per day |"

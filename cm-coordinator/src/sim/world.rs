@@ -140,7 +140,11 @@ struct Sums {
 /// The simulated world.
 pub struct World {
     cfg: SimConfig,
+    /// Churn, placement and repair draws.
     rng: Pcg64Mcg,
+    /// The economy's draws (downloads, claims, audits, reconciliation), a stream of its own so
+    /// that variants of the economy meet the same churn.
+    erng: Pcg64Mcg,
     now: u64,
     end: u64,
     base: Instant,
@@ -210,6 +214,7 @@ impl World {
         let in_use_secs = (cfg.population.in_use_hours * 3600.0) as u32;
         let mut world = Self {
             rng: Pcg64Mcg::seed_from_u64(rng.random()),
+            erng: Pcg64Mcg::seed_from_u64(rng.random()),
             now: 0,
             end,
             base: Instant::now(),
@@ -279,7 +284,7 @@ impl World {
         let departs = node.departs;
         self.nodes.push(node);
         if let Some(e) = &mut self.economy {
-            e.add_node(index, machine, self.now, &mut self.rng);
+            e.add_node(index, machine, self.now, &mut self.erng);
         }
         self.listed.push(false);
         self.alive_count += 1;
@@ -451,7 +456,7 @@ impl World {
         self.release(slot);
         self.holders[slot as usize] = i;
         let drops = self.economy.as_ref().map_or(0.0, |e| e.drops(i));
-        let phantom = drops > 0.0 && self.rng.random::<f64>() < drops;
+        let phantom = drops > 0.0 && self.erng.random::<f64>() < drops;
         self.phantom[slot as usize] = phantom;
         let content = self.segs[s as usize].content;
         self.content_ever[content as usize] += 1;
@@ -645,7 +650,7 @@ impl World {
         let first = self.cfg.economy.scheme as u32 * contents;
         self.popular = (first..first + contents).collect();
         for i in (1..self.popular.len()).rev() {
-            let j = self.rng.random_range(0..=i);
+            let j = self.erng.random_range(0..=i);
             self.popular.swap(i, j);
         }
         self.zipf = rand_distr::Zipf::new(f64::from(contents), self.cfg.economy.zipf).ok();
@@ -677,7 +682,9 @@ impl World {
         if rate <= 0.0 {
             return;
         }
-        let wait = Exp::new(rate).expect("positive rate").sample(&mut self.rng);
+        let wait = Exp::new(rate)
+            .expect("positive rate")
+            .sample(&mut self.erng);
         // A wait beyond an hour is cut short by an empty event that draws again, so that a
         // flash crowd's start is never jumped over (memoryless: the same process).
         let (at, real) = if wait > 3600.0 {
@@ -707,7 +714,7 @@ impl World {
             .map(|f| (f.rank, f.share_of_usual))
             .collect();
         let total: f64 = 1.0 + crowd_share.iter().map(|c| c.1).sum::<f64>();
-        let mut x = self.rng.random::<f64>() * total;
+        let mut x = self.erng.random::<f64>() * total;
         let mut rank = None;
         for (r, share) in &crowd_share {
             if x < *share {
@@ -718,7 +725,7 @@ impl World {
         }
         let rank = match (rank, &self.zipf) {
             (Some(r), _) => r,
-            (None, Some(z)) => z.sample(&mut self.rng) as u32,
+            (None, Some(z)) => z.sample(&mut self.erng) as u32,
             (None, None) => 1,
         };
         let content = self.popular[(rank.max(1) as usize - 1).min(self.popular.len() - 1)];
@@ -741,7 +748,7 @@ impl World {
                 break;
             }
             for j in 0..usize::from(info.k) {
-                let pick = self.rng.random_range(j..up.len());
+                let pick = self.erng.random_range(j..up.len());
                 up.swap(j, pick);
                 served.push((up[j], info.fragment_bytes));
             }
@@ -756,7 +763,7 @@ impl World {
         }
         let now = self.now;
         if let Some(e) = &mut self.economy {
-            e.download(content, ok.then_some(merged), &info, now, &mut self.rng);
+            e.download(content, ok.then_some(merged), &info, now, &mut self.erng);
         }
     }
 
@@ -767,7 +774,7 @@ impl World {
         let Some(tasks) = self
             .economy
             .as_mut()
-            .map(|e| e.audits_due(now, &mut self.rng))
+            .map(|e| e.audits_due(now, &mut self.erng))
         else {
             return;
         };
@@ -781,7 +788,7 @@ impl World {
                         .map(|s| self.segs[s as usize].first_slot + u32::from(f.index))
                 }
                 None if n.fragments.is_empty() => None,
-                None => Some(n.fragments[self.rng.random_range(0..n.fragments.len())]),
+                None => Some(n.fragments[self.erng.random_range(0..n.fragments.len())]),
             };
             let Some(slot) = slot else { continue };
             let seg = &self.segs[self.slot_seg[slot as usize] as usize];
@@ -848,7 +855,7 @@ impl World {
                 assigned_total: &assigned_total,
                 held_content: &colluder_content,
             },
-            &mut self.rng,
+            &mut self.erng,
         );
         self.economy = Some(e);
         for node in consequences.quit {
