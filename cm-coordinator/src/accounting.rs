@@ -644,6 +644,13 @@ pub async fn reconcile<R: rand::Rng + Send>(
     for (content, node, count) in db.assigned_counts().await? {
         assigned.entry(content).or_default().insert(node, count);
     }
+    // What was held during the period (and the sales grace before it, where tickets still
+    // pending were served), for the concentration statistic's fair shares.
+    let held_since = period_from.saturating_sub(config.reconcile.sales_grace_secs);
+    let mut held: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    for (content, node, count) in db.held_counts(held_since).await? {
+        held.entry(content).or_default().insert(node, count);
+    }
     let mut states: HashMap<String, NodeState> = HashMap::new();
     for (node, state) in db.node_states(crate::db::StateTable::Pay).await? {
         states.insert(node, serde_json::from_str(&state)?);
@@ -709,6 +716,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
             let first = &group[0];
             let meta = contents.get(first.content);
             let content_assigned = assigned.get(first.content);
+            let content_held = held.get(first.content);
             let case = TicketCase {
                 ticket: t.id,
                 content: first.content.to_string(),
@@ -742,6 +750,10 @@ pub async fn reconcile<R: rand::Rng + Send>(
                             .and_then(|a| a.get(c.node))
                             .copied()
                             .unwrap_or(0),
+                        held: content_held
+                            .and_then(|a| a.get(c.node))
+                            .copied()
+                            .unwrap_or(0),
                     })
                     .collect(),
                 completion: completions.get(&t.hex).map(|c| Completion {
@@ -750,6 +762,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
                     per_node: c.per_node.iter().map(|(n, b)| (n.as_str(), *b)).collect(),
                 }),
                 assigned_total: content_assigned.map_or(0, |a| a.values().sum()),
+                held_total: content_held.map_or(0, |a| a.values().sum()),
                 fragment_size: meta.map_or(0, |m| m.largest_fragment),
                 k: meta.map_or(0, |m| m.manifest.k() as u32),
                 n: meta.map_or(0, |m| m.manifest.target() as u32),

@@ -137,8 +137,11 @@ pub struct ServedClaim<P> {
     pub first_seen: u64,
     /// The report that carried the claim's current totals.
     pub report_seq: u64,
-    /// Fragments of the content the node was ever assigned.
+    /// Fragments of the content the node was ever assigned: the bound on what it may serve.
     pub assigned: u64,
+    /// Fragments of the content placed on the node at some time in the reconciliation window
+    /// (placements not closed before it): the node's fair share of the ticket's bytes.
+    pub held: u64,
 }
 
 /// The client's completion report: bytes it says each node delivered, and when it said so. A
@@ -160,9 +163,13 @@ pub struct TicketCase<P> {
     /// Every claim under the ticket, new or already settled.
     pub claims: Vec<ServedClaim<P>>,
     pub completion: Option<Completion<P>>,
-    /// Fragments of the content assigned to all nodes, ever (the denominator of a node's fair
-    /// share of the ticket's bytes).
+    /// Fragments of the content assigned to all nodes, ever.
     pub assigned_total: u64,
+    /// Fragments of the content placed on any node at some time in the reconciliation window:
+    /// the denominator of a node's fair share. Not `assigned_total`: every repair adds to
+    /// that, so under churn an honest holder's share of all placements ever made shrinks
+    /// below its share of the placements a download could use, and it would look concentrated.
+    pub held_total: u64,
     /// Bytes of one fragment of the content (the largest, for bounds).
     pub fragment_size: u64,
     /// Data and total fragments per segment (`k`, `k + m`).
@@ -496,21 +503,21 @@ where
     // Concentration: a node's share of the ticket's bytes against its share of the fragments.
     let mut suspected = vec![false; case.claims.len()];
     let total: u128 = supported.iter().map(|&b| u128::from(b)).sum();
-    let assigned_total = case.assigned_total;
+    let held_total = case.held_total;
     if service == ServiceKind::Served
         && total >= u128::from(config.collusion_min_bytes)
-        && assigned_total > 0
+        && held_total > 0
         && case.k > 0
     {
         let honest_max = f64::from(case.n.max(case.k)) / f64::from(case.k);
         let threshold = config.collusion_ratio.max(honest_max);
         for (i, claim) in case.claims.iter().enumerate() {
-            let assigned = claim.assigned;
-            if supported[i] == 0 || assigned == 0 {
+            let held = claim.held;
+            if supported[i] == 0 || held == 0 {
                 continue;
             }
             let share = supported[i] as f64 / total as f64;
-            let expected = assigned as f64 / assigned_total as f64;
+            let expected = held as f64 / held_total as f64;
             if share > threshold * expected {
                 suspected[i] = true;
                 verdicts.push(Verdict {
@@ -526,7 +533,7 @@ where
                         Evidence::Placements {
                             node: claim.node.clone(),
                             content: case.content.clone(),
-                            fragments: assigned,
+                            fragments: held,
                         },
                         sale_evidence(true),
                     ],
@@ -697,6 +704,7 @@ mod tests {
             first_seen: 1_000,
             report_seq: 3,
             assigned: if node < 12 { 16 } else { 0 },
+            held: if node < 12 { 16 } else { 0 },
         }
     }
 
@@ -714,6 +722,7 @@ mod tests {
             claims,
             completion: None,
             assigned_total: 12 * 16,
+            held_total: 12 * 16,
             fragment_size: MIB,
             k: 8,
             n: 12,
@@ -905,7 +914,9 @@ mod tests {
         let mut c = case(vec![claim(0, 20 * MIB, Some(20 * MIB))]);
         c.sale.as_mut().unwrap().allowance = 8 * MIB;
         c.claims[0].assigned = 100;
+        c.claims[0].held = 100;
         c.assigned_total += 100 - 16;
+        c.held_total += 100 - 16;
         let r = run(&c);
         assert!(kinds(&r).contains(&VerdictKind::BeyondAllowance));
         assert_eq!(r.claims[0].confirmed, 8 * MIB);
@@ -960,6 +971,29 @@ mod tests {
             c.receipt.as_mut().unwrap().bytes = 16 * MIB;
         }
         assert!(run(&case(claims)).verdicts.is_empty());
+    }
+
+    /// Repairs add placements all the time; they must not shrink an honest holder's fair share.
+    #[test]
+    fn repairs_elsewhere_do_not_make_a_steady_holder_look_concentrated() {
+        let mut claims = honest();
+        for c in claims.iter_mut().take(4) {
+            c.bytes = 16 * MIB;
+            c.receipt.as_mut().unwrap().bytes = 16 * MIB;
+        }
+        let mut c = case(claims);
+        // Five times as many placements were ever made as are in use: churn and repair.
+        c.assigned_total *= 5;
+        assert!(run(&c).verdicts.is_empty(), "{:?}", run(&c).verdicts);
+        // A node that held far fewer fragments in the window than it was ever assigned is
+        // judged on what it held.
+        let mut c = case(vec![
+            claim(3, 30 * MIB, Some(30 * MIB)),
+            claim(4, MIB, Some(MIB)),
+        ]);
+        c.claims[0].assigned = 160;
+        c.assigned_total = 2000;
+        assert_eq!(kinds(&run(&c)), vec![VerdictKind::Concentration]);
     }
 
     #[test]

@@ -786,6 +786,22 @@ impl Db {
             .collect())
     }
 
+    /// Fragments placed per (content, node) and not closed before `since`: what the nodes held
+    /// at some time from `since` on.
+    pub async fn held_counts(&self, since: u64) -> Result<Vec<(String, String, u64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT content, node, COUNT(*) FROM placements \
+             WHERE removed_at IS NULL OR removed_at >= ? GROUP BY content, node",
+        )
+        .bind(i64::try_from(since).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), u(r.get(2))))
+            .collect())
+    }
+
     /// A node's latest holdings: `(report_seq, at, encoded list)`.
     pub async fn holdings(&self, node: &str) -> Result<Option<(u64, u64, Vec<u8>)>, DbError> {
         Ok(

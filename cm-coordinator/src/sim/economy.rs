@@ -178,6 +178,9 @@ pub struct Placements<'a> {
     pub assigned: &'a dyn Fn(u32, u32) -> u64,
     /// Fragments of a content ever placed, on all nodes.
     pub assigned_total: &'a dyn Fn(u32) -> u64,
+    /// Nodes holding fragments of a content at some time since the last settlement, with how
+    /// many, sorted by node.
+    pub held: &'a dyn Fn(u32) -> Vec<(u32, u64)>,
     /// A content of the economy's scheme the node holds a fragment of, picked by the given
     /// random number (a colluding client's pick).
     pub held_content: &'a dyn Fn(u32, u64) -> Option<u32>,
@@ -624,6 +627,11 @@ impl Economy {
         rng: &mut impl Rng,
     ) {
         let assigned_total = (placements.assigned_total)(t.content);
+        let held = (placements.held)(t.content);
+        let held_by = |node: u32| {
+            held.binary_search_by_key(&node, |e| e.0)
+                .map_or(0, |i| held[i].1)
+        };
         let info = contents[t.content as usize];
         let allowance = (info.bytes() as f64 * self.cfg.allowance_factor) as u64;
         let mut forged = BTreeSet::new();
@@ -662,6 +670,7 @@ impl Economy {
                 first_seen: now,
                 report_seq: 1,
                 assigned: (placements.assigned)(node, t.content),
+                held: held_by(node),
             });
         }
         self.claims_today.0 += claims.len() as u64;
@@ -687,6 +696,7 @@ impl Economy {
             claims,
             completion,
             assigned_total,
+            held_total: held.iter().map(|e| e.1).sum(),
             fragment_size: info.fragment_bytes,
             k: u32::from(info.k),
             n: u32::from(info.shards),

@@ -175,6 +175,8 @@ pub struct World {
     content_seg: Vec<u32>,
     /// Fragments of every content ever placed, on all nodes.
     content_ever: Vec<u64>,
+    /// Placements closed since the last settlement: (node, content).
+    closed: Vec<(u32, u32)>,
     /// Slots whose holder deleted the fragment (droppers): not readable, whatever it claims.
     phantom: Vec<bool>,
     /// Contents of the economy's scheme, in popularity order.
@@ -240,6 +242,7 @@ impl World {
             contents: Vec::new(),
             content_seg: Vec::new(),
             content_ever: Vec::new(),
+            closed: Vec::new(),
             phantom: Vec::new(),
             popular: Vec::new(),
             zipf: None,
@@ -492,6 +495,9 @@ impl World {
         let s = self.slot_seg[slot as usize];
         let frag = self.out.schemes[self.segs[s as usize].scheme as usize].fragment_bytes;
         self.holders[slot as usize] = NONE;
+        if self.economy.is_some() {
+            self.closed.push((old, self.segs[s as usize].content));
+        }
         let was_up = self.nodes[old as usize].up;
         let o = &mut self.nodes[old as usize];
         if o.departed {
@@ -837,6 +843,38 @@ impl World {
         let ever = &self.content_ever;
         let assigned = |node: u32, content: u32| nodes[node as usize].ever_assigned(content);
         let assigned_total = |content: u32| ever[content as usize];
+        self.closed.sort_unstable_by_key(|c| (c.1, c.0));
+        let (holders, content_seg, contents, closed) = (
+            &self.holders,
+            &self.content_seg,
+            &self.contents,
+            &self.closed,
+        );
+        let held = |content: u32| -> Vec<(u32, u64)> {
+            let first = content_seg[content as usize];
+            let mut nodes: Vec<u32> = (first..first + contents[content as usize].segments)
+                .flat_map(|s| {
+                    let seg = &segs[s as usize];
+                    seg.first_slot..seg.first_slot + u32::from(seg.shards)
+                })
+                .map(|slot| holders[slot as usize])
+                .filter(|&h| h != NONE)
+                .chain({
+                    let from = closed.partition_point(|c| c.1 < content);
+                    let to = closed.partition_point(|c| c.1 <= content);
+                    closed[from..to].iter().map(|c| c.0)
+                })
+                .collect();
+            nodes.sort_unstable();
+            let mut out: Vec<(u32, u64)> = Vec::new();
+            for n in nodes {
+                match out.last_mut() {
+                    Some(last) if last.0 == n => last.1 += 1,
+                    _ => out.push((n, 1)),
+                }
+            }
+            out
+        };
         let colluder_content = |node: u32, draw: u64| -> Option<u32> {
             let f = &nodes[node as usize].fragments;
             if f.is_empty() {
@@ -853,10 +891,12 @@ impl World {
             &super::economy::Placements {
                 assigned: &assigned,
                 assigned_total: &assigned_total,
+                held: &held,
                 held_content: &colluder_content,
             },
             &mut self.erng,
         );
+        self.closed.clear();
         self.economy = Some(e);
         for node in consequences.quit {
             self.depart(node);
