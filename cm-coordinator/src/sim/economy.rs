@@ -432,7 +432,6 @@ impl Economy {
     ) -> Consequences {
         let today = now / DAY;
         let policy = self.cfg.pay.clone();
-        let served_rate = micro(policy.served_per_gb);
         let stored_rate = micro(policy.stored_per_gb_month);
         // Colluding clients buy their tickets for the day: for a content the node holds, the
         // most bytes reconciliation's bounds allow.
@@ -478,11 +477,19 @@ impl Economy {
             .into_iter()
             .map(|t| (t, None))
             .chain(collusions.into_iter().map(|(t, n)| (t, Some(n))));
+        let t0 = std::time::Instant::now();
+        // Holdings per content, computed once a night for all its tickets.
+        let mut held: std::collections::HashMap<u32, Vec<(u32, u64)>> =
+            std::collections::HashMap::new();
         for (ticket, _colluder) in all {
-            self.reconcile_ticket(&ticket, contents, placements, now, served_rate, rng);
+            let held = held
+                .entry(ticket.content)
+                .or_insert_with(|| (placements.held)(ticket.content));
+            self.reconcile_ticket(&ticket, contents, placements, held, now, rng);
         }
         self.out.tickets = self.next_ticket;
 
+        let t1 = std::time::Instant::now();
         // Storage and pay for every identity still registered.
         let period = now - self.period_from;
         let mut inputs = Vec::new();
@@ -547,6 +554,7 @@ impl Economy {
             .map(|i| i.facts.age_secs as f64 / DAY as f64)
             .sum::<f64>()
             / inputs.len().max(1) as f64;
+        let t2 = std::time::Instant::now();
         let settlement = pay::settle(
             &policy,
             &RunInfo {
@@ -557,6 +565,7 @@ impl Economy {
             },
             inputs,
         );
+        let t3 = std::time::Instant::now();
         let day_slot = (today % 7) as usize;
         for a in &mut self.accounts {
             a.week[day_slot] = 0;
@@ -603,6 +612,13 @@ impl Economy {
         self.revenue = 0;
         self.period_from = now;
         self.record_day(today, nodes, policy.levels.len());
+        tracing::trace!(
+            tickets = ?(t1 - t0),
+            inputs = ?(t2 - t1),
+            pay = ?(t3 - t2),
+            rest = ?t3.elapsed(),
+            "nightly settlement"
+        );
         let quit_age: f64 = consequences
             .quit
             .iter()
@@ -622,12 +638,12 @@ impl Economy {
         t: &Ticket,
         contents: &[ContentInfo],
         placements: &Placements<'_>,
+        held: &[(u32, u64)],
         now: u64,
-        served_rate: i64,
         rng: &mut impl Rng,
     ) {
+        let served_rate = micro(self.cfg.pay.served_per_gb);
         let assigned_total = (placements.assigned_total)(t.content);
-        let held = (placements.held)(t.content);
         let held_by = |node: u32| {
             held.binary_search_by_key(&node, |e| e.0)
                 .map_or(0, |i| held[i].1)

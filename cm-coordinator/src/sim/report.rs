@@ -559,14 +559,19 @@ fn markdown(cfg: &SimConfig, s: &Summary) -> String {
             );
         }
         let _ = writeln!(md, "\nVerdicts: {:?}", e.verdicts);
+        let quits = if e.quits == 0 {
+            "no owner quit underpaid".to_owned()
+        } else {
+            format!(
+                "{} owners quit underpaid (after {:.1} days on average)",
+                e.quits, e.quit_age_days
+            )
+        };
         let _ = writeln!(
             md,
-            "\nThe most available quarter of the nodes served {:.1} % of the paid bytes; {} owners \
-             quit underpaid (after {:.1} days on average); identities are {:.1} days old on \
-             average at the end; identities per pay level: {:?}.",
+            "\nThe most available quarter of the nodes served {:.1} % of the paid bytes; {quits}; \
+             identities are {:.1} days old on average at the end; identities per pay level: {:?}.",
             100.0 * e.top_quarter_served,
-            e.quits,
-            e.quit_age_days,
             e.mean_age_days,
             e.levels
         );

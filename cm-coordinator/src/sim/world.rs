@@ -41,6 +41,19 @@ enum Kind {
     Download,
 }
 
+/// Where the simulator's own time goes.
+#[derive(Clone, Copy)]
+enum Phase {
+    Churn,
+    Downloads,
+    Nightly,
+    Audits,
+    Heartbeats,
+    Repair,
+    Samples,
+    Liveness,
+}
+
 /// A segment's ground truth.
 #[derive(Clone, Debug)]
 struct Seg {
@@ -1122,6 +1135,7 @@ impl World {
         let (mut next_hb, mut next_check, mut next_sample, mut next_day) = (hb, publish_at, 0, DAY);
         let mut next_audit = 3600;
         let mut published = false;
+        let mut times = [Duration::ZERO; 8];
         loop {
             let event_at = self.events.peek().map_or(u64::MAX, |Reverse(e)| e.0);
             let live_at = self
@@ -1138,7 +1152,8 @@ impl World {
                 break;
             }
             self.now = self.now.max(at);
-            if at == event_at {
+            let started = std::time::Instant::now();
+            let phase = if at == event_at {
                 let Reverse((_, kind, i)) = self.events.pop().expect("peeked");
                 self.out.events += 1;
                 match kind {
@@ -1152,20 +1167,28 @@ impl World {
                     }
                     Kind::Download => self.download(i == 1),
                 }
+                if kind == Kind::Download {
+                    Phase::Downloads
+                } else {
+                    Phase::Churn
+                }
             } else if at == next_day {
                 self.new_day();
                 if published {
                     self.settle();
                 }
                 next_day += DAY;
+                Phase::Nightly
             } else if at == next_audit {
                 if published {
                     self.audits();
                 }
                 next_audit += 3600;
+                Phase::Audits
             } else if at == next_hb {
                 self.heartbeats();
                 next_hb += hb;
+                Phase::Heartbeats
             } else if at == next_check {
                 if !published {
                     self.publish();
@@ -1175,12 +1198,30 @@ impl World {
                     self.repair_round();
                 }
                 next_check += check;
+                Phase::Repair
             } else if at == next_sample {
                 self.sample();
                 next_sample += sample;
-            }
+                Phase::Samples
+            } else {
+                Phase::Liveness
+            };
             self.drain_liveness();
+            times[phase as usize] += started.elapsed();
         }
+        // Wall time per phase, for whoever tunes the simulator (not part of the results,
+        // which must not depend on the machine).
+        tracing::debug!(
+            churn = ?times[Phase::Churn as usize],
+            downloads = ?times[Phase::Downloads as usize],
+            nightly = ?times[Phase::Nightly as usize],
+            audits = ?times[Phase::Audits as usize],
+            heartbeats = ?times[Phase::Heartbeats as usize],
+            repair = ?times[Phase::Repair as usize],
+            samples = ?times[Phase::Samples as usize],
+            liveness = ?times[Phase::Liveness as usize],
+            "simulator time by phase"
+        );
         self.now = self.end;
         for seg in &self.segs {
             if seg.down_since != u64::MAX {
