@@ -131,6 +131,7 @@ mod tests {
             "capacity.svg",
             "config.toml",
             "durability.csv",
+            "durability.svg",
             "report.md",
             "repair_traffic.svg",
             "summary.json",

@@ -348,6 +348,22 @@ fn charts(dir: &Path, cfg: &SimConfig, summary: &Summary, out: &Outcome) -> std:
     let bars: Vec<(String, f64)> = summary
         .schemes
         .iter()
+        .map(|s| {
+            (
+                format!("{} ({:.0} %)", s.name, 100.0 * s.overhead),
+                100.0 * s.unavailability,
+            )
+        })
+        .collect();
+    plot::bar_chart(
+        &dir.join("durability.svg"),
+        "Unreadable segment-time by scheme (storage overhead)",
+        "% of segment-time",
+        &bars,
+    )?;
+    let bars: Vec<(String, f64)> = summary
+        .schemes
+        .iter()
         .map(|s| (s.name.clone(), s.repair_bytes_per_node_day / 1e6))
         .collect();
     plot::bar_chart(
