@@ -776,24 +776,27 @@ impl Db {
 
     /// Fragments ever placed per (content, node).
     pub async fn assigned_counts(&self) -> Result<Vec<(String, String, u64)>, DbError> {
-        let rows =
-            sqlx::query("SELECT content, node, COUNT(*) FROM placements GROUP BY content, node")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), u(r.get(2))))
-            .collect())
+        self.placement_counts(None).await
     }
 
     /// Fragments placed per (content, node) and not closed before `since`: what the nodes held
     /// at some time from `since` on.
     pub async fn held_counts(&self, since: u64) -> Result<Vec<(String, String, u64)>, DbError> {
+        self.placement_counts(Some(since)).await
+    }
+
+    /// Placements per (content, node): all of them, or those not closed before `open_since`.
+    async fn placement_counts(
+        &self,
+        open_since: Option<u64>,
+    ) -> Result<Vec<(String, String, u64)>, DbError> {
+        // `removed_at >= i64::MIN` admits every row: one statement serves both counts.
+        let since = open_since.map_or(i64::MIN, |s| i64::try_from(s).unwrap_or(i64::MAX));
         let rows = sqlx::query(
             "SELECT content, node, COUNT(*) FROM placements \
              WHERE removed_at IS NULL OR removed_at >= ? GROUP BY content, node",
         )
-        .bind(i64::try_from(since).unwrap_or(i64::MAX))
+        .bind(since)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -145,19 +145,25 @@ mod tests {
         assert_ne!(summary(&a), summary(&c), "another seed, another run");
     }
 
-    #[test]
-    fn without_churn_nothing_is_repaired_lost_or_unreadable() {
-        let mut cfg = small();
-        let forever = Duration::from_secs(3650 * 86_400);
+    const FOREVER: Duration = Duration::from_secs(3650 * 86_400);
+
+    /// Every machine is on all the time (sessions of ten years on average, gaps of a second).
+    fn always_on(cfg: &mut SimConfig) {
         cfg.population.classes = vec![NodeClass {
             name: "always on".into(),
             share: 1.0,
-            online: Dist::Exponential { mean: forever },
+            online: Dist::Exponential { mean: FOREVER },
             offline: Dist::Exponential {
                 mean: Duration::from_secs(1),
             },
         }];
-        cfg.population.mean_lifetime = forever;
+    }
+
+    #[test]
+    fn without_churn_nothing_is_repaired_lost_or_unreadable() {
+        let mut cfg = small();
+        always_on(&mut cfg);
+        cfg.population.mean_lifetime = FOREVER;
         cfg.population.arrivals_per_day = Some(0.0);
         all_honest(&mut cfg);
         let dir = tempfile::tempdir().unwrap();
@@ -230,15 +236,7 @@ mod tests {
         let mut cfg = small();
         cfg.days = 8;
         // Always on, but every node leaves for good within days on average.
-        let forever = Duration::from_secs(3650 * 86_400);
-        cfg.population.classes = vec![NodeClass {
-            name: "always on".into(),
-            share: 1.0,
-            online: Dist::Exponential { mean: forever },
-            offline: Dist::Exponential {
-                mean: Duration::from_secs(1),
-            },
-        }];
+        always_on(&mut cfg);
         cfg.population.mean_lifetime = Duration::from_secs(4 * 86_400);
         let dir = tempfile::tempdir().unwrap();
         let s = simulate(&cfg, 3, dir.path()).unwrap();
