@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as readable text or as one JSON object per line (`RUST_LOG` sets the filter).
+    #[arg(long, global = true, env = overlay::logging::FORMAT_ENV, default_value = "human")]
+    log_format: overlay::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +55,7 @@ enum Command {
 fn main() {
     return_large_buffers_to_the_os();
     let cli = Cli::parse();
-    overlay::logging::init("warn,ccds_client=info");
+    overlay::logging::init_with("warn,ccds_client=info", cli.log_format);
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
         let interrupted = matches!(

@@ -17,6 +17,9 @@ use overlay::Multiaddr;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as readable text or as one JSON object per line (`RUST_LOG` sets the filter).
+    #[arg(long, global = true, env = overlay::logging::FORMAT_ENV, default_value = "human")]
+    log_format: overlay::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -68,8 +71,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    overlay::logging::init("info,libp2p=warn");
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    overlay::logging::init_with("info,libp2p=warn", cli.log_format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

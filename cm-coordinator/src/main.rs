@@ -18,6 +18,9 @@ use cm_coordinator::server::{self, RunConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as readable text or as one JSON object per line (`RUST_LOG` sets the filter).
+    #[arg(long, global = true, env = overlay::logging::FORMAT_ENV, default_value = "human")]
+    log_format: overlay::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -253,7 +256,7 @@ enum PartnerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    overlay::logging::init("info,libp2p=warn,sqlx=warn");
+    overlay::logging::init_with("info,libp2p=warn,sqlx=warn", cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
