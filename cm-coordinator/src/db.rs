@@ -12,10 +12,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 mod accounting;
+mod tokens;
 pub use accounting::{
     AuditRow, ClaimRow, DirtyTicket, Ingested, LedgerRow, NewEntry, NewVerdict, NodeLedger,
     PlacementRow, ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
 };
+pub use tokens::TokenRow;
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ pub mod accounting;
 pub mod admin;
 pub mod audit;
 pub mod auditor;
+pub mod auth;
 pub mod datadir;
 pub mod db;
 pub mod history;
