@@ -60,6 +60,9 @@ fn http_api_reports_health_and_nodes() {
     }
     let (status, _) = c.http_get("/api/v1/no-such-thing");
     assert_eq!(status, 404);
+    // Without a token, the same listing is refused.
+    let (status, _, _) = common::http(&c.http_addr(), "GET", "/api/v1/nodes", None, None);
+    assert_eq!(status, 401);
 }
 
 #[test]

@@ -41,11 +41,6 @@ impl DataDir {
         self.root.join("http.addr")
     }
 
-    /// The local admin socket of a running coordinator.
-    pub fn admin_socket(&self) -> PathBuf {
-        self.root.join("admin.sock")
-    }
-
     /// A partner's signing key, held by the CM on the partner's behalf.
     pub fn partner_key(&self, name: &str) -> PathBuf {
         self.root.join("partners").join(format!("{name}.key"))

@@ -13,11 +13,13 @@ use sqlx::{Row, SqlitePool};
 
 mod accounting;
 mod tokens;
+mod views;
 pub use accounting::{
     AuditRow, ClaimRow, DirtyTicket, Ingested, LedgerRow, NewEntry, NewVerdict, NodeLedger,
     PlacementRow, ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
 };
 pub use tokens::TokenRow;
+pub use views::{ContentSummary, PayoutRow};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]

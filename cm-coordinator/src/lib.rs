@@ -26,10 +26,13 @@
 //! * [`registry`]: which nodes are online now (in memory; history goes to the database).
 //! * [`publish`]: a partner's file → segments → fragments → placements on distinct nodes.
 //! * [`sales`]: sales records: tickets issued, signed offline by partners, and uploaded.
-//! * [`server`]: `cm-coordinator run`: the QUIC protocols and the local admin socket.
-//! * [`http`]: the HTTP API (`run --http`): health and read-only operator views.
+//! * [`server`]: `cm-coordinator run`: the QUIC protocols, the timers, the coordinator's commands.
+//! * [`http`]: the HTTP API (`run --http`): partner and operator endpoints, the OpenAPI
+//!   document, the dashboard.
+//! * [`auth`]: API tokens and their scopes.
+//! * [`metrics`]: Prometheus metrics (`/metrics`).
 //! * [`accounting`]: the accounting driver: reconciliation runs, pay, ledger, account views.
-//! * [`admin`]: the admin socket protocol, and its client used by the CLI commands.
+//! * [`admin`]: the coordinator's commands, and the CLI's client of the HTTP API.
 //! * [`sim`]: the simulator: a million simulated nodes, churn and time through the cores above.
 
 pub mod accounting;
@@ -42,6 +45,7 @@ pub mod db;
 pub mod history;
 pub mod http;
 pub mod liveness;
+pub mod metrics;
 pub mod pay;
 pub mod placement;
 pub mod policy;

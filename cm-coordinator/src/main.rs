@@ -161,6 +161,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// API tokens for partners and operators (asks the running coordinator).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Sales records uploaded by partners.
     Sales {
         #[command(subcommand)]
@@ -234,6 +239,43 @@ enum NodeCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret (shown this once). A partner token (--partner) gets
+    /// every `partner:*` scope unless --scope names some; an operator token needs --scope.
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// What the token is for, e.g. "acme publishing pipeline".
+        #[arg(long)]
+        label: String,
+        /// The partner the token acts for.
+        #[arg(long)]
+        partner: Option<String>,
+        /// A scope to grant (repeatable): admin, operator:read, partner:publish,
+        /// partner:tickets, partner:sales, partner:demand, partner:read.
+        #[arg(long = "scope")]
+        scopes: Vec<cm_coordinator::auth::Scope>,
+        /// Print the token's record as JSON (with its secret) instead of the secret alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SalesCommand {
     /// Record tickets a partner signed offline as sold (a file of JSON lines, as written by
     /// `ticket --offline --sales-record`); a record imported twice counts once.
@@ -272,72 +314,74 @@ async fn call(dir: &Path, req: AdminRequest) -> anyhow::Result<serde_json::Value
     if !data.root_key().exists() {
         data.load_root()?;
     }
-    admin::call(dir, &data.admin_socket(), &req).await
+    admin::ApiClient::for_data_dir(dir)?.call(req).await
 }
 
-/// Settings of `cm-coordinator run`, from flags or the `--config` file.
+/// Settings of `cm-coordinator run`: flags, then `CCDS_CM_*` environment variables, then the
+/// `--config` file, then the defaults (the first that sets a value wins). `config.example.toml`
+/// in the crate documents every field.
 #[derive(clap::Args, serde::Deserialize, Default, Debug)]
 #[serde(default, deny_unknown_fields)]
 struct RunSettings {
     /// QUIC listen address [default: /ip4/127.0.0.1/udp/0/quic-v1].
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_LISTEN")]
     listen: Option<overlay::Multiaddr>,
     /// Serve the HTTP API (health, nodes, reports as JSON) on this address, e.g. 127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_HTTP")]
     http: Option<std::net::SocketAddr>,
     /// Check a node (probe it) after this long without a heartbeat [default: 90s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_NODE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     node_timeout: Option<Duration>,
     /// Wait between the first and second probe of a node under check; doubled after each
     /// further failure [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_PROBE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     probe_interval: Option<Duration>,
     /// Failed probes before a node is marked offline [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_PROBE_ATTEMPTS")]
     probe_attempts: Option<u32>,
     /// Let fragments of one segment share a /24 (a lab on one network); never for production.
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_ALLOW_SHARED_SUBNET")]
     allow_shared_subnet: bool,
     /// How long a node may stay offline before its fragments are rebuilt elsewhere; a node
     /// back sooner costs nothing [default: 15m].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_REPAIR_DELAY", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     repair_delay: Option<Duration>,
     /// Repair a segment when at most this many of its parity fragments remain
     /// (0 ..= m-1; default: m/2).
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_REPAIR_THRESHOLD")]
     repair_threshold: Option<u8>,
     /// How often segments are checked for repair and demand [default: 30s, at most the
     /// repair delay].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_REPAIR_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     repair_interval: Option<Duration>,
     /// Segments rebuilt at once [default: 4].
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_REPAIR_CONCURRENCY")]
     repair_concurrency: Option<usize>,
     /// Demand (tickets issued, downloads in flight, partner hints, slow reports) counts over
     /// this window [default: 1h].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_DEMAND_WINDOW", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     demand_window: Option<Duration>,
     /// Demand units per extra parity fragment placed for a content [default: 10].
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_DEMAND_PER_FRAGMENT")]
     demand_per_fragment: Option<u64>,
     /// Reconcile node claims and settle pay this often (0s: only on demand); `reconcile` runs
     /// one at any time [default: 1d].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_RECONCILE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     reconcile_interval: Option<Duration>,
     /// Mean time between two unannounced storage audits of one node (exponentially
     /// distributed, so never predictable; 0s: no audits) [default: 6h].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CCDS_CM_AUDIT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     audit_interval: Option<Duration>,
     /// Price of a ticket per GB of allowance when `ticket --price` is not given, credits
     /// [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "CCDS_CM_TICKET_PRICE_PER_GB")]
     ticket_price_per_gb: Option<f64>,
     /// The pay policy (`[pay]` section of the config file only).
     #[arg(skip)]
@@ -458,6 +502,74 @@ impl RunSettings {
     }
 }
 
+/// `token create | list | revoke`.
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            data_dir,
+            label,
+            partner,
+            scopes,
+            json,
+        } => {
+            let made = admin::ApiClient::for_data_dir(&data_dir)?
+                .post(
+                    "/tokens",
+                    &serde_json::json!({ "label": label, "partner": partner, "scopes": scopes }),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&made)?);
+            } else {
+                println!("{}", made["secret"].as_str().unwrap_or_default());
+                eprintln!(
+                    "token {} ({}){}; keep the secret above: it is not shown again",
+                    made["id"].as_str().unwrap_or("?"),
+                    made["scopes"].as_str().unwrap_or("?"),
+                    made["partner"]
+                        .as_str()
+                        .map(|p| format!(" for partner `{p}`"))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        TokenCommand::List { data_dir, json } => {
+            let list = admin::ApiClient::for_data_dir(&data_dir)?
+                .get("/tokens")
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<16} {:<8} {:<14} {:<40} LABEL",
+                    "ID", "STATE", "PARTNER", "SCOPES"
+                );
+                for t in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<16} {:<8} {:<14} {:<40} {}",
+                        t["id"].as_str().unwrap_or("?"),
+                        if t["revoked_at"].is_null() {
+                            "live"
+                        } else {
+                            "revoked"
+                        },
+                        t["partner"].as_str().unwrap_or("-"),
+                        t["scopes"].as_str().unwrap_or("?"),
+                        t["label"].as_str().unwrap_or(""),
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id, data_dir } => {
+            admin::ApiClient::for_data_dir(&data_dir)?
+                .delete(&format!("/tokens/{id}"))
+                .await?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
 /// Reads a `--config` file.
 fn read_config(path: &Path) -> anyhow::Result<RunSettings> {
     let text = std::fs::read_to_string(path)
@@ -527,6 +639,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Token { command } => token(command).await?,
         Command::Partner {
             command: PartnerCommand::Add { name, data_dir },
         } => {
@@ -558,6 +671,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 AdminRequest::Publish {
                     partner,
                     path,
+                    name: None,
                     data_shards,
                     parity_shards,
                     spare_shards,

@@ -1,5 +1,5 @@
 //! `cm-coordinator run`: serves `/ccds/control/1` to nodes and `/ccds/client/1` to clients over
-//! QUIC, and the admin socket to the local CLI.
+//! QUIC, and the HTTP API (`crate::http`) to partners, operators and the local CLI.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -19,12 +19,10 @@ use overlay::ticket::TicketFile;
 use overlay::time::now_secs;
 use overlay::{ContentId, Identity, Multiaddr, PeerId};
 use rand::seq::SliceRandom;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt as _, BufReader};
-use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::admin::{AdminRequest, AdminResponse, MAX_LINE};
+use crate::admin::AdminRequest;
 use crate::datadir::DataDir;
 use crate::db::{ContentRow, Db, ProblemRow};
 use crate::liveness::{Action, Event, Liveness, LivenessConfig, OfflineReason};
@@ -44,7 +42,8 @@ const MAX_STREAMS: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub listen: Multiaddr,
-    /// Where to serve the HTTP API, if anywhere.
+    /// Where to serve the HTTP API [default: 127.0.0.1 on a port the OS picks; the bound
+    /// address goes to `DIR/http.addr`].
     pub http: Option<std::net::SocketAddr>,
     /// Liveness timings: heartbeat timeout, probes and their back-off.
     pub liveness: LivenessConfig,
@@ -110,20 +109,19 @@ pub async fn run(
     let root = dir.load_root()?;
     let db = Db::open_sqlite(&dir.database()).await?;
     db.close_all_sessions(now_secs()).await?;
-    let socket = dir.admin_socket();
-    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+    // One coordinator per data directory: the lock is held until the process ends.
+    let lock_path = dir.root().join("coordinator.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
         anyhow::bail!(
             "a coordinator is already running for {}",
             dir.root().display()
         );
-    }
-    let _ = std::fs::remove_file(&socket);
-    let admin = UnixListener::bind(&socket)
-        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", socket.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     }
     let net = Net::start(&root, std::slice::from_ref(&config.listen)).await?;
     let addr = with_peer(&net.listen_addrs()[0], root.peer_id());
@@ -152,7 +150,6 @@ pub async fn run(
     crate::rebuild::load(&coord).await?;
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
-    tokio::spawn(admin_loop(coord.clone(), admin));
     tokio::spawn(liveness_driver(coord.clone(), config.probe_timeout));
     tokio::spawn(crate::rebuild::driver(
         coord.clone(),
@@ -167,21 +164,23 @@ pub async fn run(
     if let Some(interval) = config.timers.reconcile_interval {
         tokio::spawn(crate::accounting::reconcile_loop(coord.clone(), interval));
     }
-    if let Some(http) = config.http {
-        let bound = crate::http::serve(coord.clone(), http).await?;
-        overlay::store::write_atomic(
-            &dir.http_addr_file(),
-            format!("{bound}\n").as_bytes(),
-            false,
-        )?;
-    }
+    crate::admin::ensure_operator_token(&coord).await?;
+    let http = config
+        .http
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bound = crate::http::serve(coord.clone(), http).await?;
+    overlay::store::write_atomic(
+        &dir.http_addr_file(),
+        format!("{bound}\n").as_bytes(),
+        false,
+    )?;
     overlay::store::write_atomic(&dir.addr_file(), format!("{addr}\n").as_bytes(), false)?;
     info!(%addr, "coordinator running");
     shutdown.await;
     info!("shutting down");
     let _ = std::fs::remove_file(dir.addr_file());
     let _ = std::fs::remove_file(dir.http_addr_file());
-    let _ = std::fs::remove_file(&socket);
+    drop(lock);
     Ok(())
 }
 
@@ -631,41 +630,7 @@ async fn probe(net: &Net, node: PeerId, timeout: Duration) -> anyhow::Result<()>
     .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
 }
 
-async fn admin_loop(coord: Arc<Coordinator>, listener: UnixListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "admin socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let coord = coord.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let answer = match BufReader::new(read.take(MAX_LINE as u64))
-                .read_line(&mut line)
-                .await
-            {
-                Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
-                    Ok(req) => match admin(&coord, req).await {
-                        Ok(v) => AdminResponse::Ok(v),
-                        Err(e) => AdminResponse::Error(format!("{e:#}")),
-                    },
-                    Err(e) => AdminResponse::Error(format!("malformed admin request: {e}")),
-                },
-                Err(e) => AdminResponse::Error(e.to_string()),
-            };
-            let mut out = serde_json::to_vec(&answer).expect("responses serialise");
-            out.push(b'\n');
-            let _ = write.write_all(&out).await;
-        });
-    }
-}
-
-/// Executes one admin request (shared by the admin socket and the HTTP API).
+/// Executes one coordinator command (the HTTP API's handlers share these).
 pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<serde_json::Value> {
     match req {
         AdminRequest::Nodes => {
@@ -788,6 +753,7 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
         AdminRequest::Publish {
             partner,
             path,
+            name,
             data_shards,
             parity_shards,
             spare_shards,
@@ -822,10 +788,11 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
                 &params,
             )
             .await?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = name.unwrap_or_else(|| {
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
             let row = ContentRow {
                 id: published.content,
                 partner,

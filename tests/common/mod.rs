@@ -488,23 +488,30 @@ impl Collective {
         .unwrap()
     }
 
-    /// GETs `path` from the coordinator's HTTP API; returns (status, JSON body).
+    /// The coordinator's HTTP address (`host:port`).
+    pub fn http_addr(&self) -> String {
+        std::fs::read_to_string(self.cm_dir.join("http.addr"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The `admin` token the coordinator keeps for its CLI.
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.cm_dir.join("operator.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// GETs `path` from the coordinator's HTTP API with the operator's token; returns
+    /// (status, JSON body).
     pub fn http_get(&self, path: &str) -> (u16, serde_json::Value) {
-        use std::io::{Read, Write};
-        let addr = std::fs::read_to_string(self.cm_dir.join("http.addr")).unwrap();
-        let mut conn = std::net::TcpStream::connect(addr.trim()).unwrap();
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        conn.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let token = self.operator_token();
+        let (status, _, body) = http(&self.http_addr(), "GET", path, Some(&token), None);
         (
             status,
-            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         )
     }
 
@@ -606,6 +613,69 @@ impl Drop for Collective {
 }
 
 /// BLAKE3 of a file, for byte-identity checks.
+/// One HTTP/1.1 request to `addr` (`host:port`), with an optional bearer token and body
+/// (content type, bytes); returns (status, headers in lower case, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some((kind, bytes)) = body {
+        head.push_str(&format!(
+            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
+            bytes.len()
+        ));
+    } else if method != "GET" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).unwrap();
+    if let Some((_, bytes)) = body {
+        conn.write_all(bytes).unwrap();
+    }
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 4 + size..];
+        }
+        body = out;
+    }
+    (status.parse().unwrap(), headers, body)
+}
+
 pub fn file_hash(path: &Path) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     let mut file = std::fs::File::open(path).unwrap();
