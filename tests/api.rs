@@ -418,3 +418,20 @@ fn environment_variables_override_the_config_file() {
         "{err}"
     );
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let c = Collective::start_with(1, &["--log-format", "json"]);
+    let log = std::fs::read_to_string(c.tmp.path().join("cm.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "coordinator running" && l["level"] == "INFO"),
+        "{log}"
+    );
+}

@@ -340,3 +340,60 @@ fn placement_never_puts_two_fragments_of_a_segment_behind_one_subnet() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("distinct networks"), "{stderr}");
 }
+
+#[test]
+fn client_settings_come_from_the_environment_or_a_config_file() {
+    let c = Collective::start(3);
+    let file = c.make_file("cfg.bin", 300_000, 5);
+    let content = c.publish(&file, 2, 1, "128KiB");
+    let (key, client) = c.client("cfg");
+    let ticket = c.ticket(&content, &client, "1h");
+    let get = |out: &str, env: &[(&str, &std::path::Path)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::bin("ccds-client"));
+        cmd.args(args)
+            .args(["get", "--no-progress", "--ticket"])
+            .arg(&ticket)
+            .arg("--out")
+            .arg(c.path(out))
+            .env_remove("CCDS_CLIENT_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // The key from the environment.
+    let out = get("env.out", &[("CCDS_CLIENT_KEY", &key)], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(file_hash(&c.path("env.out")), file_hash(&file));
+    // The key from a config file.
+    let config = c.path("client.toml");
+    std::fs::write(
+        &config,
+        format!("key = {:?}\nlimit_rate = \"50MiB\"\n", key),
+    )
+    .unwrap();
+    let out = get("cfg.out", &[], &["--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(file_hash(&c.path("cfg.out")), file_hash(&file));
+    // No key anywhere, or a typo in the file: one clear line.
+    let out = get("none.out", &[("XDG_CONFIG_HOME", c.tmp.path())], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no client key"), "{err}");
+    std::fs::write(&config, "kee = \"x\"\n").unwrap();
+    let out = get("typo.out", &[], &["--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown field `kee`"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -572,9 +572,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
 
 /// Reads a `--config` file.
 fn read_config(path: &Path) -> anyhow::Result<RunSettings> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    overlay::config::load_toml(path).map_err(anyhow::Error::msg)
 }
 
 async fn execute(command: Command) -> anyhow::Result<()> {

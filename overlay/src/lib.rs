@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod cert;
 pub mod codec;
+pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod manifest;
