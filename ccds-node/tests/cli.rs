@@ -192,9 +192,13 @@ fn status_shows_the_node_offline_before_it_ever_ran_and_refuses_other_dirs() {
             "last_report_seq",
             "level",
             "level_index",
+            "live",
             "online",
             "paid_out",
-            "reconciled_at"
+            "paused",
+            "reconciled_at",
+            "running",
+            "state"
         ]
     );
     assert_eq!(json["id"], id.as_str());
