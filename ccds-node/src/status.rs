@@ -482,6 +482,56 @@ mod tests {
     }
 
     #[test]
+    fn a_running_node_shows_its_limits_and_traffic() {
+        let id = Identity::generate().peer_id();
+        let mut view = StatusView::from_status(&NodeStatus::new(id, 1), true, false);
+        view.paused = true;
+        view.state = NodeState::Paused;
+        let mut per_minute = vec![0; crate::traffic::MINUTES];
+        per_minute[0] = 3 << 20;
+        view.live = Some(LiveView {
+            quota: 10 << 30,
+            used: 1 << 30,
+            fragments: 4096,
+            upload_limit: 200 * 1024,
+            upload_schedule: "5.0 MiB/s, 08:00-18:00 200.0 KiB/s".into(),
+            max_clients: 32,
+            clients: 3,
+            idle_gating: true,
+            idle_percent: Some(91.4),
+            upload_bps: 0,
+            bytes_served: 5 << 20,
+            fragments_served: 20,
+            refused: Refused {
+                busy: 2,
+                ..Refused::default()
+            },
+            traffic: crate::traffic::TrafficView {
+                per_minute,
+                total: 3 << 20,
+            },
+            status_page: Some("http://127.0.0.1:8480/".into()),
+        });
+        let text = view.to_string();
+        for line in [
+            "state         paused",
+            "paused        yes",
+            "disk          1.0 GiB of 10.0 GiB (4096 fragments)",
+            "upload limit  200.0 KiB/s now (schedule: 5.0 MiB/s, 08:00-18:00 200.0 KiB/s)",
+            "clients       3 of at most 32",
+            "idle gating   on, 91 % idle",
+            "served        5.0 MiB in 20 fragments; 3.0 MiB in the last 15 minutes",
+            "refused       0 ticket, 0 receipts lag, 0 allowance, 2 busy, 0 paused",
+            "status page   http://127.0.0.1:8480/",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        let stopped = StatusView::from_status(&NodeStatus::new(id, 0), false, false);
+        assert!(stopped.to_string().contains("state         stopped"));
+        assert!(stopped.to_string().contains("shown while the daemon runs"));
+    }
+
+    #[test]
     fn an_uninitialised_dir_or_a_bad_file_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
         let err = status(&DataDir::new(tmp.path())).unwrap_err();
