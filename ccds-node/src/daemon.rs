@@ -6,6 +6,13 @@
 //! known to the CM. On shutdown the node tells the CM it is leaving (bounded in time), removes
 //! `DIR/node.addr`, and lets streams in flight finish for a short grace period.
 //!
+//! The node is in the collective only while its owner wants it (not paused: see
+//! [`crate::agent`]) and, with idle gating, while the host is idle enough (see
+//! [`crate::idle`]); the session leaves and rejoins as these change, with the same join and
+//! leave messages as a start and a shutdown. Alongside run the owner's control socket (see
+//! [`crate::owner`]), the upload schedule's driver (see [`crate::schedule`]), the idle
+//! sampler and the status page (see [`crate::page`]).
+//!
 //! Every report interval (and once more just before the leave at shutdown) the node sends the
 //! CM its signed report (see [`crate::report`]); after each accepted one it fetches its account
 //! and rewrites `DIR/status.json` (see [`crate::status`](mod@crate::status)), which it also
@@ -13,6 +20,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +34,12 @@ use overlay::{Multiaddr, PeerId};
 use tracing::{debug, info, warn};
 
 use crate::NodeError;
+use crate::agent::{Agent, OwnerLimits};
 use crate::control::{Backoff, ControlError, Coordinator};
 use crate::datadir::DataDir;
+use crate::idle::{IdleConfig, IdleGate, Verdict};
 use crate::report::{ReportError, Reporter, Sessions};
+use crate::schedule::{Schedule, show_rate};
 use crate::serve::{Limits, ServeOptions, Server};
 use crate::status::NodeStatus;
 
@@ -67,8 +78,27 @@ pub struct RunOptions {
     pub report_interval: Duration,
     /// Memory for hot fragments, in bytes.
     pub cache_bytes: usize,
-    /// Concurrency and time bounds on the serving side.
+    /// Concurrency and time bounds on the serving side. Its `upload_limit` is not used: the
+    /// schedule sets the rate.
     pub limits: Limits,
+    /// The upload limit by time of day (local time).
+    pub schedule: Schedule,
+    /// The fragment quota, bytes, replacing the one `init` recorded (which is updated);
+    /// `None` keeps it.
+    pub quota: Option<u64>,
+    /// Idle gating: join only while the host is idle enough. `None`: always join.
+    pub idle: Option<IdleOptions>,
+    /// Where the local status page and `/metrics` listen (loopback only); `None`: no page.
+    pub status_page: Option<SocketAddr>,
+}
+
+/// Idle gating's settings.
+#[derive(Clone, Debug)]
+pub struct IdleOptions {
+    /// The thresholds and the window.
+    pub config: IdleConfig,
+    /// Where the CPU counters are read: `/proc/stat` (tests give a file of their own).
+    pub proc_stat: PathBuf,
 }
 
 impl RunOptions {
@@ -83,6 +113,10 @@ impl RunOptions {
             report_interval: DEFAULT_REPORT_INTERVAL,
             cache_bytes: DEFAULT_CACHE_BYTES,
             limits: Limits::default(),
+            schedule: Schedule::default(),
+            quota: None,
+            idle: None,
+            status_page: None,
         }
     }
 }
@@ -98,7 +132,15 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     }
     let started = now_secs();
     let dir = DataDir::new(&options.data_dir);
-    let (identity, config) = dir.load()?;
+    if let Some(idle) = &options.idle {
+        idle.config.check().map_err(NodeError::BadIdle)?;
+    }
+    if let Some(addr) = options.status_page
+        && !addr.ip().is_loopback()
+    {
+        return Err(NodeError::StatusPageNotLocal(addr));
+    }
+    let (identity, mut config) = dir.load()?;
     // One daemon per data directory: two would share a store and a quota they each count alone.
     // The lock is released by the kernel when the process ends, however it ends.
     let lock_path = options.data_dir.join("run.lock");
@@ -112,23 +154,38 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         });
     }
     let (cm, cm_addr) = config.coordinator_peer()?;
+    match options.quota {
+        Some(0) => return Err(NodeError::ZeroQuota),
+        Some(quota) if quota != config.quota => {
+            info!(from = config.quota, to = quota, "quota changed");
+            config.quota = quota;
+            dir.save_config(&config)?;
+        }
+        _ => {}
+    }
     let fragments = dir.fragments();
     let (quota, cache) = (config.quota, options.cache_bytes);
-    let store = tokio::task::spawn_blocking(move || FragmentStore::open(&fragments, quota, cache))
-        .await
-        .map_err(|e| NodeError::Task(e.to_string()))??;
-    info!(node = %identity.peer_id(), used = store.used(), quota, "fragment store open");
-    if let Some(rate) = options.limits.upload_limit {
-        info!(bytes_per_sec = rate.get(), "fragment uploads limited");
-    }
+    let (store, held) = tokio::task::spawn_blocking(move || {
+        let store = FragmentStore::open(&fragments, quota, cache)?;
+        let held = store.list().map_or(0, |list| list.len() as u64);
+        Ok::<_, overlay::store::StoreError>((store, held))
+    })
+    .await
+    .map_err(|e| NodeError::Task(e.to_string()))??;
+    info!(node = %identity.peer_id(), used = store.used(), fragments = held, quota, "fragment store open");
+    info!(schedule = %options.schedule, max_clients = options.limits.max_clients, "upload limits");
 
+    let limits = Limits {
+        upload_limit: options.schedule.rate_at(local_minute()),
+        ..options.limits.clone()
+    };
     let server = Server::start(ServeOptions {
         identity: identity.clone(),
         cm,
         store: Arc::new(store),
         receipts_log: dir.receipts(),
         listen: vec![options.listen.clone()],
-        limits: options.limits.clone(),
+        limits: limits.clone(),
     })
     .await?;
     server.net().add_addresses(cm, vec![cm_addr]);
@@ -144,6 +201,26 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         pid: std::process::id(),
         online: false,
         ..previous.unwrap_or_else(|| NodeStatus::new(me, 0))
+    };
+    let agent = Agent::new(
+        dir.clone(),
+        server.handle().clone(),
+        OwnerLimits {
+            quota,
+            schedule: options.schedule.clone(),
+            max_clients: limits.max_clients,
+        },
+        status.clone(),
+        options.idle.is_some(),
+        held,
+    );
+    if agent.paused() {
+        info!("paused by the owner: staying out of the collective until `ccds-node resume`");
+    }
+    let socket = crate::owner::bind(&dir)?;
+    let page = match options.status_page {
+        Some(addr) => Some(crate::page::bind(addr, agent.clone()).await?),
+        None => None,
     };
     let reporter = Reporter::open(
         identity.clone(),
@@ -162,19 +239,45 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         interval: options.heartbeat_interval,
         report_interval: options.report_interval,
         joined: AtomicBool::new(false),
+        registered: AtomicBool::new(false),
+        agent: agent.clone(),
         reporter: tokio::sync::Mutex::new(reporter),
         sessions: Mutex::new(sessions),
         status: tokio::sync::Mutex::new(status),
     };
 
+    let background = async {
+        let page = async {
+            match page {
+                Some(page) => page.serve().await,
+                None => std::future::pending().await,
+            }
+        };
+        let idle = async {
+            match &options.idle {
+                Some(idle) => watch_idle(&agent, idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::join!(
+            crate::owner::serve(socket, dir.control_socket(), agent.clone()),
+            follow_schedule(&agent, &options.schedule),
+            idle,
+            page,
+        );
+    };
     let outcome = tokio::select! {
         result = session.operate() => result.map(|never| match never {}),
+        () = background => Err(NodeError::Task("a background task ended".into())),
         () = shutdown => {
             info!("shutting down");
             Ok(())
         }
     };
-    if session.joined.load(Ordering::Relaxed) {
+    let _ = std::fs::remove_file(dir.control_socket());
+    // A node out of the collective on purpose (paused, host busy) still reports its work.
+    let on_purpose = session.registered.load(Ordering::Relaxed) && !agent.wants_online();
+    if session.joined.load(Ordering::Relaxed) || on_purpose {
         match tokio::time::timeout(FINAL_REPORT_TIMEOUT, session.report()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "last report not delivered; the next run sends it"),
@@ -183,6 +286,8 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 "last report not accepted in time; the next run sends it"
             ),
         }
+    }
+    if session.joined.load(Ordering::Relaxed) {
         match tokio::time::timeout(LEAVE_TIMEOUT, coordinator.leave()).await {
             Ok(Ok(())) => info!("left the collective"),
             Ok(Err(e)) => warn!(error = %e, "could not tell the coordinator the node is leaving"),
@@ -206,6 +311,83 @@ fn first_report_delay(last_to: u64, now: u64, interval: Duration) -> Duration {
     }
     let due = last_to.saturating_add(interval.as_secs());
     Duration::from_secs(due.saturating_sub(now)).min(interval)
+}
+
+/// The local time of day, in minutes since midnight (the system's time zone; UTC when it has
+/// none).
+pub fn local_minute() -> u16 {
+    let now = jiff::ZonedDateTime::now();
+    now.hour() as u16 * 60 + now.minute() as u16
+}
+
+/// Switches the upload limit as the schedule's windows start and end. Wakes at least every
+/// five minutes, so a change of the clock or the time zone is followed soon.
+async fn follow_schedule(agent: &Agent, schedule: &Schedule) {
+    loop {
+        let now = jiff::ZonedDateTime::now();
+        let minute = now.hour() as u16 * 60 + now.minute() as u16;
+        let rate = schedule.rate_at(minute);
+        if agent.server().throttle().set(rate) {
+            info!(limit = %show_rate(rate), "upload limit switched by the schedule");
+        }
+        let to_change = u64::from(schedule.minutes_to_change(minute)) * 60;
+        let wait = to_change.saturating_sub(now.second() as u64).clamp(1, 300);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
+/// Largest `/proc/stat` prefix read: the `cpu` line comes first.
+const MAX_PROC_STAT: u64 = 64 * 1024;
+
+/// Samples the host's CPU counters and tells the agent whether the host is idle enough.
+async fn watch_idle(agent: &Agent, idle: &IdleOptions) {
+    use tokio::io::AsyncReadExt;
+    let mut gate = IdleGate::new(idle.config.clone());
+    let start = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(idle.config.sample_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let read = async {
+            let mut text = String::new();
+            tokio::fs::File::open(&idle.proc_stat)
+                .await?
+                .take(MAX_PROC_STAT)
+                .read_to_string(&mut text)
+                .await?;
+            Ok::<_, std::io::Error>(text)
+        };
+        let times = match read.await {
+            Ok(text) => crate::idle::parse(&text).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let times = match times {
+            Ok(times) => {
+                failing = false;
+                times
+            }
+            Err(reason) => {
+                if !failing {
+                    warn!(path = %idle.proc_stat.display(), %reason, "cannot read the CPU counters; idle gating keeps its last verdict");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        let was = agent.idle();
+        let verdict = gate.sample(start.elapsed(), times);
+        let idle_now = verdict == Verdict::Idle;
+        let percent = gate.share().map(|s| (s * 100.0).round());
+        if idle_now != was {
+            if idle_now {
+                info!(idle_percent = ?percent, "the host is idle enough");
+            } else {
+                info!(idle_percent = ?percent, "the host is in use");
+            }
+        }
+        agent.set_idle(idle_now, gate.share());
+    }
 }
 
 /// Installs SIGINT and SIGTERM handlers; the returned future resolves on the first of either.
@@ -235,6 +417,10 @@ struct Session<'a> {
     report_interval: Duration,
     /// Whether the CM has the node on its active list (as far as the node knows).
     joined: AtomicBool,
+    /// Whether the node holds a usable certificate (it may report).
+    registered: AtomicBool,
+    /// The owner's wishes and the host's idleness, and the live view.
+    agent: Arc<Agent>,
     /// Held for a whole round of reports, so two rounds never interleave.
     reporter: tokio::sync::Mutex<Reporter>,
     /// The node's online sessions, for reports.
@@ -244,22 +430,98 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Registers if needed, joins, publishes the readiness file, then heartbeats forever.
+    /// Registers if needed, then stays in the collective while the agent wants it (joining,
+    /// heartbeating, leaving and rejoining as that changes), reporting all along.
     async fn operate(&self) -> Result<Infallible, NodeError> {
         self.ensure_certificate().await?;
-        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
-        while let Err(e) = self.join().await {
-            let delay = backoff.next_delay();
-            warn!(error = %e, retry_in = ?delay, "join failed");
-            tokio::time::sleep(delay).await;
-        }
-        let addr = self.server.addr();
-        self.dir.write_addr(&addr)?;
-        info!(%addr, "joined");
+        self.registered.store(true, Ordering::Relaxed);
         tokio::select! {
-            result = self.heartbeats() => result,
+            result = self.membership() => result,
             never = self.reports() => match never {},
         }
+    }
+
+    /// Joins when the agent wants the node online (retrying with back-off), heartbeats while
+    /// joined (joining again when the CM has lost track of the node), and leaves when the
+    /// agent no longer wants it online.
+    async fn membership(&self) -> Result<Infallible, NodeError> {
+        let (mut paused, mut idle) = self.agent.subscribe();
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+        loop {
+            paused.mark_unchanged();
+            idle.mark_unchanged();
+            let want = self.agent.wants_online();
+            let joined = self.joined.load(Ordering::Relaxed);
+            let wait = if want && !joined {
+                match self.join().await {
+                    Ok(()) => {
+                        backoff.reset(BACKOFF_FIRST);
+                        let addr = self.server.addr();
+                        self.dir.write_addr(&addr)?;
+                        info!(%addr, "joined");
+                        self.interval
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "join failed");
+                        delay
+                    }
+                }
+            } else if !want && joined {
+                let reason = self.agent.offline_reason().unwrap_or("shutting down");
+                self.leave(reason).await?;
+                continue;
+            } else if joined {
+                self.interval
+            } else {
+                // Out on purpose: nothing to do until the owner or the host changes.
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {
+                    if self.joined.load(Ordering::Relaxed) {
+                        self.heartbeat().await;
+                    }
+                }
+                _ = paused.changed() => {}
+                _ = idle.changed() => {}
+            }
+        }
+    }
+
+    /// One heartbeat; a refusal means the CM lost track of the node, which then joins again.
+    async fn heartbeat(&self) {
+        let (used, upload_bps) = (self.server.store().used(), self.server.upload_bps());
+        match self.coordinator.heartbeat(used, upload_bps).await {
+            Ok(()) => debug!("heartbeat acknowledged"),
+            Err(ControlError::Refused(reason)) => {
+                warn!(%reason, "the coordinator refused the heartbeat; joining again");
+                self.joined.store(false, Ordering::Relaxed);
+                self.agent.set_online(false);
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+    }
+
+    /// Leaves the collective while the daemon keeps running (a pause, a busy host): tells the
+    /// CM (a direct indication), withdraws the readiness file, records the node offline.
+    async fn leave(&self, reason: &str) -> Result<(), NodeError> {
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.coordinator.leave()).await {
+            Ok(Ok(())) => info!(reason, "left the collective"),
+            Ok(Err(e)) => {
+                warn!(reason, error = %e, "could not tell the coordinator the node is leaving")
+            }
+            Err(_) => warn!(
+                reason,
+                timeout = ?LEAVE_TIMEOUT,
+                "the coordinator did not acknowledge the leave in time"
+            ),
+        }
+        self.joined.store(false, Ordering::Relaxed);
+        self.agent.set_online(false);
+        self.dir.remove_addr()?;
+        self.went_offline().await;
+        Ok(())
     }
 
     /// Loads the stored certificate, or registers with the CM for one.
@@ -319,6 +581,7 @@ impl Session<'_> {
             )
             .await?;
         self.joined.store(true, Ordering::Relaxed);
+        self.agent.set_online(true);
         self.sessions().start(now_secs());
         self.update_status(|status| status.online = true).await;
         Ok(())
@@ -336,6 +599,7 @@ impl Session<'_> {
         let now = now_secs();
         status.updated_at = now;
         status.session = self.sessions().current(now);
+        *self.agent.status() = status.clone();
         let (snapshot, path) = (status.clone(), self.dir.status());
         match tokio::task::spawn_blocking(move || snapshot.save(&path)).await {
             Ok(Ok(())) => {}
@@ -417,33 +681,6 @@ impl Session<'_> {
         })
         .await;
         Ok(())
-    }
-
-    async fn heartbeats(&self) -> Result<Infallible, NodeError> {
-        loop {
-            tokio::time::sleep(self.interval).await;
-            if self.joined.load(Ordering::Relaxed) {
-                let (used, upload_bps) = (self.server.store().used(), self.server.upload_bps());
-                match self.coordinator.heartbeat(used, upload_bps).await {
-                    Ok(()) => {
-                        debug!("heartbeat acknowledged");
-                        continue;
-                    }
-                    Err(ControlError::Refused(reason)) => {
-                        warn!(%reason, "the coordinator refused the heartbeat; joining again");
-                        self.joined.store(false, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "heartbeat failed");
-                        continue;
-                    }
-                }
-            }
-            match self.join().await {
-                Ok(()) => info!("joined again"),
-                Err(e) => warn!(error = %e, "join failed; retrying at the next heartbeat"),
-            }
-        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! DIR/report-state.json  the next report's sequence number and what was already reported
 //! DIR/status.json    the node's own view for its owner, kept by `ccds-node run`
 //! DIR/run.lock       held by the running daemon
+//! DIR/paused         present while the owner has the node paused (`ccds-node pause`)
+//! DIR/control.sock   the running daemon's control socket for its owner (0600)
 //! DIR/fragments/     the fragment store
 //! ```
 //!
@@ -83,6 +85,41 @@ impl DataDir {
     /// The node's status for its owner (see [`crate::status::NodeStatus`]).
     pub fn status(&self) -> PathBuf {
         self.root.join("status.json")
+    }
+
+    /// Present while the owner has the node paused.
+    pub fn paused_file(&self) -> PathBuf {
+        self.root.join("paused")
+    }
+
+    /// Whether the owner has the node paused.
+    pub fn paused(&self) -> bool {
+        self.paused_file().exists()
+    }
+
+    /// Records the owner's pause (or its end) so that it outlives the daemon.
+    pub fn set_paused(&self, paused: bool) -> Result<(), NodeError> {
+        let path = self.paused_file();
+        if paused {
+            let note = format!(
+                "paused by the owner at {}; `ccds-node resume` ends it\n",
+                overlay::time::now_secs()
+            );
+            write_file(&path, note.as_bytes(), false)
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NodeError::Write {
+                    path: path.display().to_string(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// The running daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
     }
 
     /// The fragment store's root.

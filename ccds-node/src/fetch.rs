@@ -26,6 +26,7 @@
 //! reconciles the total).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use futures::AsyncWriteExt;
@@ -54,6 +55,8 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
         let mut served = 0u64;
         // The ticket of the stream's last request, its signatures checked once.
         let mut verified = None;
+        // The stream's place among the clients served, taken with its first request.
+        let mut slot = None;
         loop {
             let request = if served == 0 {
                 within(
@@ -79,8 +82,27 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
                     other => other,
                 }
             };
-            let outcome = match request {
-                Ok(request) => {
+            // Checked before the ticket: a paused or busy node does no work for anyone.
+            let refusal = match &request {
+                Ok(_) if ctx.paused.load(Ordering::Relaxed) => {
+                    Stats::bump(&ctx.stats.paused_refused);
+                    debug!("fetch refused: paused");
+                    Some(PAUSED.to_string())
+                }
+                Ok(_) if slot.is_none() => {
+                    slot = ctx.admit_client(remote);
+                    slot.is_none().then(|| {
+                        Stats::bump(&ctx.stats.busy_refused);
+                        let max = ctx.limits.max_clients.max(1);
+                        info!(max, "fetch refused: serving the maximum of clients");
+                        busy(max)
+                    })
+                }
+                _ => None,
+            };
+            let outcome = match (request, refusal) {
+                (Ok(_), Some(reason)) => refuse(&mut stream, reason).await,
+                (Ok(request), None) => {
                     let span = info_span!(
                         "request",
                         ticket = %hex::encode(request.ticket.body().ticket_id),
@@ -90,7 +112,7 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
                         .instrument(span)
                         .await
                 }
-                Err(e) => Err(e),
+                (Err(e), _) => Err(e),
             };
             match outcome {
                 Ok(Next::Continue) => served += 1,
@@ -105,6 +127,20 @@ pub(crate) async fn serve(ctx: Arc<Context>, remote: PeerId, mut stream: libp2p:
     }
     .instrument(span)
     .await
+}
+
+/// Why a paused node refuses fetches.
+pub const PAUSED: &str = "paused: the node's owner has paused it; fetch from another node";
+
+/// Why a node at its cap of clients refuses one more.
+pub fn busy(max: usize) -> String {
+    format!("busy: the node is serving its maximum of {max} clients; fetch from another node")
+}
+
+/// Answers a request with a refusal and ends the stream.
+async fn refuse(stream: &mut libp2p::Stream, reason: String) -> Result<Next, StreamError> {
+    proto::write_msg(stream, &FetchResponse::Refused(reason)).await?;
+    Ok(Next::End)
 }
 
 /// Whether a stream may carry another request after one exchange.
@@ -206,6 +242,7 @@ async fn exchange(
     }
     delivered?;
     Stats::bump(&ctx.stats.served);
+    ctx.served(u64::from(len));
     info!(bytes = len, "fragment served");
 
     let receipt = within(
@@ -248,9 +285,13 @@ async fn deliver(
 ) -> Result<(), StreamError> {
     let mut budget = Budget::new("fragment delivery", ctx.limits.transfer_timeout);
     budget.spend(proto::write_msg(stream, answer)).await?;
-    let limit = ctx.upload_limit.as_ref();
-    let chunk = limit.map_or(CHUNK, |l| l.chunk().min(CHUNK));
-    for piece in bytes.chunks(chunk) {
+    // The limit is looked up for every chunk: the schedule may switch it mid-fragment.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let limit = ctx.throttle.current();
+        let chunk = limit.as_ref().map_or(CHUNK, |l| l.chunk().min(CHUNK));
+        let (piece, after) = rest.split_at(chunk.min(rest.len()));
+        rest = after;
         if let Some(limit) = limit {
             limit.take(piece.len()).await;
         }

@@ -14,7 +14,9 @@
 //! * [`credit`]: receipt credit: refuses clients whose receipts lag, and tickets whose
 //!   allowance this node has served.
 //! * [`upload`]: the upload rate measured while serving fetches, reported to the CM.
-//! * [`throttle`]: the upload limit, one token bucket shared by every fetch stream.
+//! * [`throttle`]: the upload limit, one token bucket shared by every fetch stream, switched
+//!   by [`schedule`]: the owner's upload rate by time of day (sans-IO).
+//! * [`traffic`]: bytes served per recent minute, for the owner.
 //! * [`host`]: facts about the host (boot time) reported to the CM.
 //! * [`control`]: the node's side of `/ccds/control/1` (register, join, heartbeat, leave,
 //!   reports, account).
@@ -22,6 +24,14 @@
 //!   the online sessions, and their state in `DIR/report-state.json`.
 //! * [`status`](mod@status): the node's own view for its owner (`DIR/status.json`,
 //!   `ccds-node status`).
+//! * [`agent`]: the owner's agent in a running daemon: pause and resume (persisted), the
+//!   host's idleness, the live status.
+//! * [`idle`]: idle gating's `/proc/stat` parser and hysteresis decision (sans-IO).
+//! * [`owner`]: the owner's control socket (`DIR/control.sock`): `ccds-node pause`, `resume`,
+//!   `status`.
+//! * [`page`]: the owner's status page on loopback HTTP, with [`metrics`] (Prometheus).
+//! * [`config`]: `ccds-node run --config FILE`: the TOML settings, which flags and
+//!   `CCDS_NODE_*` variables override.
 //! * [`daemon`]: `ccds-node run`: a [`Server`] plus the control session with the CM
 //!   (heartbeats, reports, status), until shutdown.
 //!
@@ -29,21 +39,30 @@
 //! be signed by it, whoever delivers them; tickets must chain to it through a partner
 //! certificate and name the stream's authenticated peer as their client.
 
+pub mod agent;
 pub mod audit;
+pub mod config;
 pub mod control;
 pub mod credit;
 pub mod daemon;
 pub mod datadir;
 pub mod fetch;
 pub mod host;
+pub mod idle;
+pub mod metrics;
+pub mod owner;
+pub mod page;
 pub mod receipts;
 pub mod report;
+pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod store;
 pub mod throttle;
+pub mod traffic;
 pub mod upload;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use overlay::identity::IdentityError;
@@ -118,4 +137,20 @@ pub enum NodeError {
     Signal(std::io::Error),
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error("cannot create the control socket {path}: {source}")]
+    ControlSocket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for the status page on {addr}: {source}")]
+    StatusPage {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "the status page must listen on a loopback address (127.0.0.1 or ::1), not {0}: its buttons control the node"
+    )]
+    StatusPageNotLocal(SocketAddr),
+    #[error("idle gating: {0}")]
+    BadIdle(String),
 }

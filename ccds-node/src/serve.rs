@@ -6,10 +6,11 @@
 //! dropped (the peer sees it reset and retries or moves on). Fragment bytes received from
 //! pushers are also bounded in total by a memory budget.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,12 +27,16 @@ use tracing::{debug, warn};
 use crate::NodeError;
 use crate::credit::{CreditBook, TicketCount};
 use crate::receipts::ReceiptBook;
-use crate::throttle::UploadLimit;
+use crate::throttle::Throttle;
+use crate::traffic::{Traffic, TrafficView};
 use crate::upload::UploadRate;
 use crate::{audit, fetch, store};
 
 /// Bytes a client may run ahead of its receipts unless told otherwise: 32 MiB.
 pub const DEFAULT_RECEIPT_CREDIT: u64 = 32 << 20;
+
+/// Distinct clients served at once unless told otherwise.
+pub const DEFAULT_MAX_CLIENTS: usize = 64;
 
 /// Bounds on what peers can make the node do at once, and how long they may take.
 #[derive(Clone, Debug)]
@@ -57,8 +62,12 @@ pub struct Limits {
     /// single larger fragment is still served when nothing is outstanding).
     pub receipt_credit: u64,
     /// Upload bandwidth for fragment bytes, in bytes per second, shared by all fetch streams
-    /// (see [`crate::throttle`]); `None` is unlimited.
+    /// (see [`crate::throttle`]); `None` is unlimited. This is the rate at start; the daemon
+    /// switches it as the owner's schedule says ([`Server::throttle`]).
     pub upload_limit: Option<NonZeroU32>,
+    /// Distinct clients served at once; a fetch stream from one more client is refused as
+    /// busy (the client moves on to another holder, as from any failing node).
+    pub max_clients: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +83,7 @@ impl Default for Limits {
             receipt_tickets: 100_000,
             receipt_credit: DEFAULT_RECEIPT_CREDIT,
             upload_limit: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
         }
     }
 }
@@ -112,6 +122,9 @@ pub(crate) struct Stats {
     pub audits_answered: AtomicU64,
     pub audits_refused: AtomicU64,
     pub streams_dropped: AtomicU64,
+    pub busy_refused: AtomicU64,
+    pub paused_refused: AtomicU64,
+    pub bytes_served: AtomicU64,
 }
 
 impl Stats {
@@ -153,6 +166,12 @@ pub struct StatsSnapshot {
     pub audits_refused: u64,
     /// Streams dropped because their protocol was at its concurrency bound.
     pub streams_dropped: u64,
+    /// Fetch streams refused because the node was serving its maximum of clients.
+    pub busy_refused: u64,
+    /// Fetches refused because the owner paused the node.
+    pub paused_refused: u64,
+    /// Fragment bytes served to clients.
+    pub bytes_served: u64,
 }
 
 /// What the handlers share.
@@ -166,8 +185,14 @@ pub(crate) struct Context {
     pub stats: Stats,
     /// Upload rate measured over fetches served.
     pub upload: UploadRate,
-    /// The one bucket every fetch stream draws its bytes from, if the upload is limited.
-    pub upload_limit: Option<UploadLimit>,
+    /// The bucket every fetch stream draws its bytes from, switched by the schedule.
+    pub throttle: Throttle,
+    /// Whether the owner paused the node: fetches are refused.
+    pub paused: AtomicBool,
+    /// Fetch streams open per distinct client (at most `limits.max_clients` entries).
+    pub clients: Mutex<HashMap<PeerId, usize>>,
+    /// Bytes served per recent minute.
+    pub traffic: Mutex<Traffic>,
     pub limits: Limits,
     /// Permits are bytes of incoming fragment data.
     pub store_memory: Semaphore,
@@ -177,6 +202,51 @@ impl Context {
     /// The receipt credit book (held only for a few arithmetic steps).
     pub fn credit(&self) -> MutexGuard<'_, CreditBook> {
         self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clients(&self) -> MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `bytes` of fragment data served now.
+    pub fn served(&self, bytes: u64) {
+        self.stats.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(overlay::time::now_secs(), bytes);
+    }
+
+    /// Admits one more fetch stream from `peer`, unless that would make one client more than
+    /// the cap. The slot is given back when dropped.
+    pub fn admit_client(self: &Arc<Self>, peer: PeerId) -> Option<ClientSlot> {
+        let mut clients = self.clients();
+        if !clients.contains_key(&peer) && clients.len() >= self.limits.max_clients.max(1) {
+            return None;
+        }
+        *clients.entry(peer).or_insert(0) += 1;
+        Some(ClientSlot {
+            ctx: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One fetch stream's place among the clients served; see [`Context::admit_client`].
+pub(crate) struct ClientSlot {
+    ctx: Arc<Context>,
+    peer: PeerId,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.ctx.clients();
+        if let Some(streams) = clients.get_mut(&self.peer) {
+            *streams -= 1;
+            if *streams == 0 {
+                clients.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -194,7 +264,7 @@ impl Drop for Loops {
 /// A node serving stores and fetches on its own swarm.
 pub struct Server {
     net: Net,
-    ctx: Arc<Context>,
+    handle: ServerHandle,
     store_limit: Arc<Semaphore>,
     fetch_limit: Arc<Semaphore>,
     loops: Loops,
@@ -229,7 +299,10 @@ impl Server {
             )),
             stats: Stats::default(),
             upload: UploadRate::new(),
-            upload_limit: limits.upload_limit.map(UploadLimit::new),
+            throttle: Throttle::new(limits.upload_limit),
+            paused: AtomicBool::new(false),
+            clients: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(Traffic::new()),
             store_memory: Semaphore::new(limits.store_memory.max(MAX_FRAGMENT)),
             limits: limits.clone(),
         });
@@ -267,7 +340,7 @@ impl Server {
         ]);
         Ok(Self {
             net,
-            ctx,
+            handle: ServerHandle { ctx },
             store_limit,
             fetch_limit,
             loops,
@@ -281,7 +354,12 @@ impl Server {
 
     /// The node's peer ID.
     pub fn peer_id(&self) -> PeerId {
-        self.ctx.me
+        self.handle.ctx.me
+    }
+
+    /// A handle on the server's state that outlives borrows (for the owner's status page).
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
     }
 
     /// The node's first listen address with `/p2p/<id>`: what peers dial.
@@ -292,9 +370,44 @@ impl Server {
             .first()
             .cloned()
             .unwrap_or_else(Multiaddr::empty);
-        with_peer(&first, self.ctx.me)
+        with_peer(&first, self.handle.ctx.me)
     }
 
+    /// Stops accepting streams and waits up to `grace` for the streams in flight to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        drop(self.loops);
+        let drained = tokio::time::timeout(grace, async {
+            let _ = self
+                .store_limit
+                .acquire_many(self.handle.ctx.limits.store_streams.max(1) as u32)
+                .await;
+            let _ = self
+                .fetch_limit
+                .acquire_many(self.handle.ctx.limits.fetch_streams.max(1) as u32)
+                .await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "streams still in flight at shutdown were cut off");
+        }
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServerHandle;
+
+    fn deref(&self) -> &ServerHandle {
+        &self.handle
+    }
+}
+
+/// The state of a [`Server`], shared: counters, limits in force, pause.
+#[derive(Clone)]
+pub struct ServerHandle {
+    ctx: Arc<Context>,
+}
+
+impl ServerHandle {
     /// The fragment store.
     pub fn store(&self) -> &Arc<FragmentStore> {
         &self.ctx.store
@@ -330,31 +443,49 @@ impl Server {
             audits_answered: get(&s.audits_answered),
             audits_refused: get(&s.audits_refused),
             streams_dropped: get(&s.streams_dropped),
+            busy_refused: get(&s.busy_refused),
+            paused_refused: get(&s.paused_refused),
+            bytes_served: get(&s.bytes_served),
         }
+    }
+
+    /// The upload limit in force; the schedule's driver switches it.
+    pub fn throttle(&self) -> &Throttle {
+        &self.ctx.throttle
+    }
+
+    /// Pauses (fetches are refused with a clear reason) or resumes serving.
+    pub fn set_paused(&self, paused: bool) {
+        self.ctx.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether serving is paused.
+    pub fn paused(&self) -> bool {
+        self.ctx.paused.load(Ordering::Relaxed)
+    }
+
+    /// Distinct clients being served now.
+    pub fn clients(&self) -> usize {
+        self.ctx.clients().len()
+    }
+
+    /// The cap on distinct clients served at once.
+    pub fn max_clients(&self) -> usize {
+        self.ctx.limits.max_clients.max(1)
+    }
+
+    /// Bytes served per minute over the last minutes, up to `now` (Unix seconds).
+    pub fn traffic(&self, now: u64) -> TrafficView {
+        self.ctx
+            .traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .view(now)
     }
 
     /// The upload rate measured while serving fetches, bytes per second (0: not yet known).
     pub fn upload_bps(&self) -> u64 {
         self.ctx.upload.bytes_per_sec()
-    }
-
-    /// Stops accepting streams and waits up to `grace` for the streams in flight to finish.
-    pub async fn shutdown(self, grace: Duration) {
-        drop(self.loops);
-        let drained = tokio::time::timeout(grace, async {
-            let _ = self
-                .store_limit
-                .acquire_many(self.ctx.limits.store_streams.max(1) as u32)
-                .await;
-            let _ = self
-                .fetch_limit
-                .acquire_many(self.ctx.limits.fetch_streams.max(1) as u32)
-                .await;
-        })
-        .await;
-        if drained.is_err() {
-            warn!(?grace, "streams still in flight at shutdown were cut off");
-        }
     }
 }
 

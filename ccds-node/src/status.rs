@@ -90,11 +90,94 @@ impl NodeStatus {
     }
 }
 
+/// Where the node stands, in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// The daemon is not running.
+    Stopped,
+    /// Running and joining (or rejoining) the collective.
+    Joining,
+    /// Running and in the collective.
+    Online,
+    /// Running, paused by the owner: out of the collective, refusing fetches.
+    Paused,
+    /// Running, out of the collective until the host is idle enough.
+    WaitingForIdle,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Stopped => "stopped",
+            Self::Joining => "joining",
+            Self::Online => "online",
+            Self::Paused => "paused",
+            Self::WaitingForIdle => "waiting for the host to be idle",
+        })
+    }
+}
+
+/// Fetches refused since the daemon started, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Bad, expired or misdirected tickets.
+    pub ticket: u64,
+    /// The client's receipts lagged beyond the credit.
+    pub receipts_lag: u64,
+    /// The ticket's allowance was spent on this node.
+    pub allowance: u64,
+    /// The node was serving its maximum of clients.
+    pub busy: u64,
+    /// The owner had paused the node.
+    pub paused: u64,
+}
+
+/// What only a running daemon knows: the limits in force and recent traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveView {
+    /// Disk quota for fragments, bytes.
+    pub quota: u64,
+    /// Bytes of fragments stored.
+    pub used: u64,
+    /// Fragments stored.
+    pub fragments: u64,
+    /// Upload limit in force now, bytes per second (0: unlimited).
+    pub upload_limit: u64,
+    /// The whole upload schedule, e.g. "5.0 MiB/s, 08:00-18:00 200.0 KiB/s".
+    pub upload_schedule: String,
+    /// Distinct clients served at once, at most.
+    pub max_clients: usize,
+    /// Distinct clients being served now.
+    pub clients: usize,
+    /// Whether the node joins only while the host is idle.
+    pub idle_gating: bool,
+    /// The host's idle CPU share over the last window, percent (with idle gating).
+    pub idle_percent: Option<f64>,
+    /// Measured upload rate, bytes per second (0: not yet known).
+    pub upload_bps: u64,
+    /// Fragment bytes served since the daemon started.
+    pub bytes_served: u64,
+    /// Fragments served since the daemon started.
+    pub fragments_served: u64,
+    /// Fetches refused since the daemon started, by reason.
+    pub refused: Refused,
+    /// Bytes served per minute over the last minutes.
+    pub traffic: crate::traffic::TrafficView,
+    /// The local status page's address.
+    pub status_page: Option<String>,
+}
+
 /// What `ccds-node status` shows; with `--json`, exactly these keys. Amounts are micro-credits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     pub id: String,
     pub online: bool,
+    /// Whether the daemon is running (the view then comes from it, with `live`).
+    pub running: bool,
+    /// Whether the owner paused the node (persisted: a paused node starts paused).
+    pub paused: bool,
+    pub state: NodeState,
     pub level: String,
     pub level_index: u32,
     pub balance: i64,
@@ -104,6 +187,36 @@ pub struct StatusView {
     pub reconciled_at: u64,
     pub last_report_seq: u64,
     pub last_report_at: u64,
+    /// Present while the daemon runs.
+    pub live: Option<LiveView>,
+}
+
+impl StatusView {
+    /// The parts of the view the status file holds.
+    pub fn from_status(status: &NodeStatus, running: bool, online: bool) -> Self {
+        let account = &status.account;
+        Self {
+            id: status.id.to_string(),
+            online,
+            running,
+            paused: false,
+            state: if running {
+                NodeState::Joining
+            } else {
+                NodeState::Stopped
+            },
+            level: account.level.clone(),
+            level_index: account.level_index,
+            balance: account.balance,
+            held: account.held,
+            earned: account.earned,
+            paid_out: account.paid_out,
+            reconciled_at: account.reconciled_at,
+            last_report_seq: status.last_report_seq,
+            last_report_at: status.last_report_at,
+            live: None,
+        }
+    }
 }
 
 /// Whether process `pid` is running. Without `/proc` there is no way to tell without unsafe
@@ -116,7 +229,7 @@ pub fn pid_running(pid: u32) -> bool {
     pid != 0 && proc.join(pid.to_string()).exists()
 }
 
-/// `ccds-node status`: the node's view of itself from its data directory.
+/// `ccds-node status` without a daemon: the node's view of itself from its data directory.
 pub fn status(dir: &DataDir) -> Result<StatusView, NodeError> {
     let (identity, _) = dir.load()?;
     let path = dir.status();
@@ -126,7 +239,8 @@ pub fn status(dir: &DataDir) -> Result<StatusView, NodeError> {
             reason,
         })?
         .unwrap_or_else(|| NodeStatus::new(identity.peer_id(), 0));
-    let online = status.online && pid_running(status.pid);
+    let running = pid_running(status.pid) && status.pid != 0;
+    let online = status.online && running;
     // The report state is saved as each report is accepted, the status a moment later (after
     // the account is fetched): the state may be newer.
     let (mut last_report_seq, mut last_report_at) = (status.last_report_seq, status.last_report_at);
@@ -136,20 +250,17 @@ pub fn status(dir: &DataDir) -> Result<StatusView, NodeError> {
         last_report_seq = state.last_seq();
         last_report_at = last_report_at.max(state.last_to);
     }
-    let account = status.account;
-    Ok(StatusView {
-        id: identity.peer_id().to_string(),
-        online,
-        level: account.level,
-        level_index: account.level_index,
-        balance: account.balance,
-        held: account.held,
-        earned: account.earned,
-        paid_out: account.paid_out,
-        reconciled_at: account.reconciled_at,
-        last_report_seq,
-        last_report_at,
-    })
+    let mut view = StatusView::from_status(&status, false, online);
+    view.id = identity.peer_id().to_string();
+    view.paused = dir.paused();
+    if online {
+        // A daemon that does not answer on its socket (an older one, or a stuck one).
+        view.running = true;
+        view.state = NodeState::Online;
+    }
+    view.last_report_seq = last_report_seq;
+    view.last_report_at = last_report_at;
+    Ok(view)
 }
 
 /// An amount of micro-credits as credits with six decimals, e.g. `-1.500000`.
@@ -179,6 +290,12 @@ impl fmt::Display for StatusView {
             "online        {}",
             if self.online { "yes" } else { "no" }
         )?;
+        writeln!(f, "state         {}", self.state)?;
+        writeln!(
+            f,
+            "paused        {}",
+            if self.paused { "yes" } else { "no" }
+        )?;
         writeln!(f, "level         {level}")?;
         writeln!(f, "balance       {} cr", credits(self.balance))?;
         writeln!(f, "held back     {} cr", credits(self.held))?;
@@ -194,7 +311,56 @@ impl fmt::Display for StatusView {
                 when(self.last_report_at)
             )?;
         }
-        writeln!(f, "reconciled    {}", when(self.reconciled_at))
+        writeln!(f, "reconciled    {}", when(self.reconciled_at))?;
+        let Some(live) = &self.live else {
+            return writeln!(f, "limits        (shown while the daemon runs)");
+        };
+        let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+        writeln!(
+            f,
+            "disk          {} of {} ({} fragments)",
+            size(live.used),
+            size(live.quota),
+            live.fragments
+        )?;
+        let limit = match live.upload_limit {
+            0 => "unlimited".to_string(),
+            b => format!("{}/s", size(b)),
+        };
+        writeln!(
+            f,
+            "upload limit  {limit} now (schedule: {})",
+            live.upload_schedule
+        )?;
+        writeln!(
+            f,
+            "clients       {} of at most {}",
+            live.clients, live.max_clients
+        )?;
+        if live.idle_gating {
+            let idle = live
+                .idle_percent
+                .map_or("not measured yet".into(), |p| format!("{p:.0} % idle"));
+            writeln!(f, "idle gating   on, {idle}")?;
+        }
+        let minutes = live.traffic.per_minute.len();
+        writeln!(
+            f,
+            "served        {} in {} fragments; {} in the last {minutes} minutes",
+            size(live.bytes_served),
+            live.fragments_served,
+            size(live.traffic.total)
+        )?;
+        let r = &live.refused;
+        writeln!(
+            f,
+            "refused       {} ticket, {} receipts lag, {} allowance, {} busy, {} paused",
+            r.ticket, r.receipts_lag, r.allowance, r.busy, r.paused
+        )?;
+        if let Some(page) = &live.status_page {
+            writeln!(f, "status page   {page}")?;
+        }
+        Ok(())
     }
 }
 
@@ -254,9 +420,13 @@ mod tests {
                 "last_report_seq",
                 "level",
                 "level_index",
+                "live",
                 "online",
                 "paid_out",
-                "reconciled_at"
+                "paused",
+                "reconciled_at",
+                "running",
+                "state"
             ]
         );
     }
@@ -309,6 +479,56 @@ mod tests {
             written.save(&dir.status()).unwrap();
             assert!(!status(&dir).unwrap().online);
         }
+    }
+
+    #[test]
+    fn a_running_node_shows_its_limits_and_traffic() {
+        let id = Identity::generate().peer_id();
+        let mut view = StatusView::from_status(&NodeStatus::new(id, 1), true, false);
+        view.paused = true;
+        view.state = NodeState::Paused;
+        let mut per_minute = vec![0; crate::traffic::MINUTES];
+        per_minute[0] = 3 << 20;
+        view.live = Some(LiveView {
+            quota: 10 << 30,
+            used: 1 << 30,
+            fragments: 4096,
+            upload_limit: 200 * 1024,
+            upload_schedule: "5.0 MiB/s, 08:00-18:00 200.0 KiB/s".into(),
+            max_clients: 32,
+            clients: 3,
+            idle_gating: true,
+            idle_percent: Some(91.4),
+            upload_bps: 0,
+            bytes_served: 5 << 20,
+            fragments_served: 20,
+            refused: Refused {
+                busy: 2,
+                ..Refused::default()
+            },
+            traffic: crate::traffic::TrafficView {
+                per_minute,
+                total: 3 << 20,
+            },
+            status_page: Some("http://127.0.0.1:8480/".into()),
+        });
+        let text = view.to_string();
+        for line in [
+            "state         paused",
+            "paused        yes",
+            "disk          1.0 GiB of 10.0 GiB (4096 fragments)",
+            "upload limit  200.0 KiB/s now (schedule: 5.0 MiB/s, 08:00-18:00 200.0 KiB/s)",
+            "clients       3 of at most 32",
+            "idle gating   on, 91 % idle",
+            "served        5.0 MiB in 20 fragments; 3.0 MiB in the last 15 minutes",
+            "refused       0 ticket, 0 receipts lag, 0 allowance, 2 busy, 0 paused",
+            "status page   http://127.0.0.1:8480/",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        let stopped = StatusView::from_status(&NodeStatus::new(id, 0), false, false);
+        assert!(stopped.to_string().contains("state         stopped"));
+        assert!(stopped.to_string().contains("shown while the daemon runs"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! leave each stream silent for seconds per chunk.
 
 use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -32,6 +33,8 @@ const MAX_TOKENS_PER_SEC: u32 = 1 << 20;
 /// The node's upload limit, shared by all fetch handlers.
 #[derive(Debug)]
 pub struct UploadLimit {
+    /// Bytes per second.
+    rate: NonZeroU32,
     bucket: DefaultDirectRateLimiter,
     /// Bytes per token.
     unit: u32,
@@ -55,11 +58,17 @@ impl UploadLimit {
             .allow_burst(burst);
         let chunk = (u64::from(tokens) * u64::from(unit) / u64::from(CHUNKS_PER_BURST)).max(1);
         Self {
+            rate,
             bucket: RateLimiter::direct(quota),
             unit,
             burst: burst.get(),
             chunk: usize::try_from(chunk).unwrap_or(usize::MAX),
         }
+    }
+
+    /// The rate, bytes per second.
+    pub fn rate(&self) -> NonZeroU32 {
+        self.rate
     }
 
     /// The most bytes to write between two waits: a sixteenth of a second of the rate.
@@ -89,6 +98,47 @@ impl UploadLimit {
                 unreachable!("{tokens} tokens exceed the bucket ({e})");
             }
         }
+    }
+}
+
+/// The upload limit in force, which the owner's schedule switches as its windows start and
+/// end. A switch replaces the bucket (a GCRA's rate is fixed): chunks already waiting finish
+/// on the old one, the next chunk of every stream waits on the new one, and the new bucket
+/// starts full, so a switch never stalls a stream.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    current: RwLock<Option<Arc<UploadLimit>>>,
+}
+
+impl Throttle {
+    /// Starts at `rate` (`None`: unlimited).
+    pub fn new(rate: Option<NonZeroU32>) -> Self {
+        Self {
+            current: RwLock::new(rate.map(|r| Arc::new(UploadLimit::new(r)))),
+        }
+    }
+
+    /// The bucket in force now, if the upload is limited.
+    pub fn current(&self) -> Option<Arc<UploadLimit>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The rate in force, bytes per second (`None`: unlimited).
+    pub fn rate(&self) -> Option<NonZeroU32> {
+        self.current().map(|l| l.rate)
+    }
+
+    /// Switches to `rate`; returns whether it changed.
+    pub fn set(&self, rate: Option<NonZeroU32>) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().map(|l| l.rate) == rate {
+            return false;
+        }
+        *current = rate.map(|r| Arc::new(UploadLimit::new(r)));
+        true
     }
 }
 
@@ -139,5 +189,19 @@ mod tests {
         assert_eq!((l.burst_bytes(), l.chunk()), (2, 1));
         assert_eq!(l.take(2).now_or_never(), Some(()));
         assert_eq!(l.take(1).now_or_never(), None);
+    }
+
+    #[test]
+    fn a_switch_replaces_the_bucket_with_a_full_one() {
+        let t = Throttle::new(NonZeroU32::new(2));
+        let old = t.current().unwrap();
+        assert_eq!(old.take(2).now_or_never(), Some(()));
+        assert!(!t.set(NonZeroU32::new(2)), "the same rate keeps the bucket");
+        assert_eq!(t.current().unwrap().take(1).now_or_never(), None);
+        assert!(t.set(NonZeroU32::new(4)));
+        assert_eq!(t.rate(), NonZeroU32::new(4));
+        assert_eq!(t.current().unwrap().take(4).now_or_never(), Some(()));
+        assert!(t.set(None));
+        assert!(t.current().is_none());
     }
 }

@@ -192,9 +192,13 @@ fn status_shows_the_node_offline_before_it_ever_ran_and_refuses_other_dirs() {
             "last_report_seq",
             "level",
             "level_index",
+            "live",
             "online",
             "paid_out",
-            "reconciled_at"
+            "paused",
+            "reconciled_at",
+            "running",
+            "state"
         ]
     );
     assert_eq!(json["id"], id.as_str());
@@ -251,4 +255,75 @@ async fn status_of_a_killed_daemon_is_offline() -> anyhow::Result<()> {
     assert_eq!(written["online"], true);
     assert_eq!(status()?["online"], false);
     Ok(())
+}
+
+#[test]
+fn run_reads_its_config_file_and_flags_and_variables_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let config = tmp.path().join("node.toml");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let config_arg = config.to_str().unwrap();
+
+    // The example parses, and its data directory is used (missing here).
+    let example = include_str!("../config.example.toml")
+        .replace("/var/lib/ccds-node", missing.to_str().unwrap());
+    std::fs::write(&config, example).unwrap();
+    let out = run(&["--config", config_arg], &[]);
+    assert!(one_error_line(&out).contains("ccds-node init"));
+
+    // A misspelt field is named, with the file.
+    std::fs::write(&config, "max_client = 3\n").unwrap();
+    let line = one_error_line(&run(&["--config", config_arg], &[]));
+    assert!(line.contains("unknown field `max_client`"), "{line}");
+    assert!(line.contains("node.toml"), "{line}");
+
+    // Variables and flags win over the file: the file's valid value is replaced by a bad one.
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\nmax_clients = 4\n", missing.display()),
+    )
+    .unwrap();
+    let line = one_error_line(&run(
+        &["--config", config_arg],
+        &[("CCDS_NODE_MAX_CLIENTS", "0")],
+    ));
+    assert!(line.contains("max_clients"), "{line}");
+    let line = one_error_line(&run(&["--config", config_arg, "--max-clients", "0"], &[]));
+    assert!(line.contains("max_clients"), "{line}");
+    let line = one_error_line(&run(
+        &[
+            "--config",
+            config_arg,
+            "--upload-window",
+            "08:00-18:00=1MiB,17:00-19:00=2MiB",
+        ],
+        &[],
+    ));
+    assert!(line.contains("overlap"), "{line}");
+    let line = one_error_line(&run(
+        &["--config", config_arg],
+        &[(
+            "CCDS_NODE_UPLOAD_WINDOWS",
+            "22:00-06:00=1MiB,05:00-07:00=1MiB",
+        )],
+    ));
+    assert!(line.contains("overlap"), "{line}");
+    let line = one_error_line(&run(
+        &["--config", config_arg, "--status-page", "192.0.2.1:80"],
+        &[],
+    ));
+    assert!(line.contains("loopback"), "{line}");
+    // Without a data directory anywhere.
+    std::fs::write(&config, "").unwrap();
+    let line = one_error_line(&run(&["--config", config_arg], &[]));
+    assert!(line.contains("CCDS_NODE_DATA_DIR"), "{line}");
 }

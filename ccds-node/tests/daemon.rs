@@ -91,13 +91,24 @@ async fn registers_joins_heartbeats_rejoins_and_leaves() -> anyhow::Result<()> {
     assert!(saw_leave, "the node did not send Leave");
     assert!(!dir.addr().exists());
 
-    // A restart reuses the stored certificate: the first request is a join.
+    // A restart reuses the stored certificate: the first request is a join. The quota the
+    // owner now sets (config file or flag) replaces the one from `init`, and the CM hears it.
     let (stop, stopped) = oneshot::channel::<()>();
-    let node = tokio::spawn(ccds_node::run(RunOptions::new(&data_dir), async move {
-        let _ = stopped.await;
-    }));
+    let node = tokio::spawn(ccds_node::run(
+        RunOptions {
+            quota: Some(3 << 20),
+            ..RunOptions::new(&data_dir)
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let (_, first) = next_request(&mut requests).await?;
-    assert!(matches!(first, ControlRequest::Join { .. }), "{first:?}");
+    match first {
+        ControlRequest::Join { quota, .. } => assert_eq!(quota, 3 << 20),
+        other => anyhow::bail!("expected a join, got {other:?}"),
+    }
+    assert_eq!(dir.load()?.1.quota, 3 << 20);
     wait_for_file(&dir.addr(), true).await?;
     stop.send(()).ok();
     tokio::time::timeout(Duration::from_secs(30), node)

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use ccds_node::Limits;
 use ccds_node::throttle::UploadLimit;
-use common::fetching::{Client, Fixture, fragment_bytes};
-use overlay::proto::{self, FetchResponse};
+use common::fetching::{Client, Fixture, fetch_checked};
+use overlay::proto::FetchResponse;
 
 const FRAGMENT: usize = 1 << 20;
 const FRAGMENTS: u16 = 6;
@@ -41,30 +41,7 @@ async fn client(f: &Fixture, ticket_id: u8) -> anyhow::Result<Client> {
 
 /// Fetches fragment `index` on a stream of its own, checks its bytes and signs a receipt.
 async fn fetch(c: &mut Client, index: u16) -> anyhow::Result<FetchResponse> {
-    // libp2p-stream drops an inbound stream that arrives before the node's accept loop has
-    // taken the previous one (its queue holds one), so with two clients a stream is now and
-    // then reset before the node even reads the request. Like a real client, try again:
-    // nothing was served on it, so the timing is unaffected.
-    let mut attempts = 0;
-    let (mut stream, response) = loop {
-        attempts += 1;
-        match c.ask(index).await {
-            Ok(answered) => break answered,
-            Err(e) if attempts < 5 => eprintln!("fragment {index}: {e:#}; asking again"),
-            Err(e) => return Err(e.context(format!("fragment {index}"))),
-        }
-    };
-    if let FetchResponse::Ok { len, .. } = &response {
-        let data = proto::read_bytes(&mut stream, *len as usize).await?;
-        ensure!(
-            data == fragment_bytes(index, FRAGMENT),
-            "fragment {index} came back wrong"
-        );
-        let receipt = c.receipt(data.len() as u64);
-        proto::write_msg(&mut stream, &receipt).await?;
-    }
-    common::fetching::close_and_wait(&mut stream).await?;
-    Ok(response)
+    fetch_checked(c, index, FRAGMENT).await
 }
 
 /// Fetches `indices` one after the other.

@@ -187,3 +187,41 @@ pub async fn close_and_wait(stream: &mut libp2p::Stream) -> anyhow::Result<()> {
     .context("the node did not close the fetch stream")??;
     Ok(())
 }
+
+/// Fetches fragment `index` (of `len` bytes) on a stream of its own, checks its bytes, signs a
+/// receipt and waits for the node to finish with the stream; returns the node's answer.
+///
+/// libp2p-stream drops an inbound stream that arrives before the node's accept loop has taken
+/// the previous one (its queue holds one), so with several clients a stream is now and then
+/// reset before the node even reads the request. Like a real client, this asks again: nothing
+/// was served on it.
+pub async fn fetch_checked(
+    c: &mut Client,
+    index: u16,
+    len: usize,
+) -> anyhow::Result<FetchResponse> {
+    let mut attempts = 0;
+    let (mut stream, response) = loop {
+        attempts += 1;
+        match c.ask(index).await {
+            Ok(answered) => break answered,
+            Err(e) if attempts < 5 => {
+                eprintln!("fragment {index}: {e:#}; asking again");
+                // A node's accept loop starved of CPU drops streams for a moment.
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempts)).await;
+            }
+            Err(e) => return Err(e.context(format!("fragment {index}"))),
+        }
+    };
+    if let FetchResponse::Ok { len: got, .. } = &response {
+        let data = proto::read_bytes(&mut stream, *got as usize).await?;
+        anyhow::ensure!(
+            data == fragment_bytes(index, len),
+            "fragment {index} came back wrong"
+        );
+        let receipt = c.receipt(data.len() as u64);
+        proto::write_msg(&mut stream, &receipt).await?;
+    }
+    close_and_wait(&mut stream).await?;
+    Ok(response)
+}

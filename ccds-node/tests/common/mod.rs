@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fetching;
+pub mod processes;
 
 use std::path::Path;
 use std::time::Duration;
