@@ -178,6 +178,21 @@ fn honest_nodes_earn_exactly_what_the_policy_gives_for_receipted_work_and_storag
     assert_eq!(c.node_show(0)["balance"], 0);
     let again = payout();
     assert!(!again.status.success(), "a period is paid once");
+    // The API lists the same payouts the statement holds.
+    let (status, listed) = c.http_get("/api/v1/payouts?limit=100");
+    assert_eq!(status, 200);
+    let paid: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["period"] == "2026-11")
+        .collect();
+    let paid_in_csv = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(2).is_some_and(|a| a != "0"))
+        .count();
+    assert_eq!(paid.len(), paid_in_csv, "{listed}\n{csv}");
 }
 
 /// The node that served the most under the client's ticket, and its newest receipt.

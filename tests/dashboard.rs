@@ -101,14 +101,20 @@ fn dashboard_shows_the_collective_in_a_browser() {
         eprintln!("skipped: no chromium (apt-get install chromium, or set CCDS_CHROMIUM)");
         return;
     };
-    let c = Collective::start(3);
+    let ips: Vec<String> = (1..=3).map(|i| format!("127.0.{i}.1")).collect();
+    let c = Collective::start_full(&ips, &[], &["--report-interval", "1s"]);
     let file = c.make_file("show.bin", 600_000, 11);
     let content = c.publish(&file, 2, 1, "256KiB");
     let (key, client) = c.client("viewer");
     let ticket = c.ticket(&content, &client, "1h");
+    let since = common::now_secs();
     c.get_verified(&key, &ticket, &c.path("show.out"), &file);
+    // Every node reports the work it did, and a reconciliation confirms and pays it.
+    for i in 0..c.nodes.len() {
+        c.wait_reported(i, since + 1);
+    }
     let run = c.reconcile();
-    assert!(run["run"].as_i64().is_some());
+    assert!(run["confirmed"].as_u64().unwrap() > 0, "{run}");
     let base = format!("http://{}/", c.http_addr());
 
     let url = format!("{base}#token={}", c.operator_token());
@@ -146,10 +152,30 @@ fn dashboard_shows_the_collective_in_a_browser() {
     assert!(contents.contains(&format!("data-content=\"{content}\"")));
     assert!(contents.contains(">show.bin<"));
     assert!(contents.contains(">3 of 3<"), "{contents}");
-    // Accounting: the ledger lists the nodes that were credited, or says it is empty.
+    // Accounting: every verdict the API holds (an honest run confirms claims without any), each
+    // with its evidence, and the nodes credited in the ledger.
+    let verdicts = table(&dom, "verdicts-table");
+    let held = c.http_get("/api/v1/verdicts").1;
+    let held = held.as_array().unwrap().len();
+    assert_eq!(
+        verdicts.matches("data-outcome=").count(),
+        held,
+        "{verdicts}"
+    );
+    assert_eq!(
+        verdicts.matches("<summary>evidence</summary>").count(),
+        held
+    );
+    if held == 0 {
+        assert!(verdicts.contains("No reconciliation verdict yet."));
+    }
     let ledger = table(&dom, "ledger-table");
-    assert!(ledger.contains("data-node=") || ledger.contains("The ledger is empty."));
-    assert!(table(&dom, "verdicts-table").contains("<tbody>"));
+    let credited = c
+        .nodes
+        .iter()
+        .filter(|n| ledger.contains(&format!("data-node=\"{}\"", n.id)))
+        .count();
+    assert!(credited > 0, "no node in the ledger:\n{ledger}");
 
     // A wrong token gets the sign-in form with the reason, and no data.
     let dom = dump_dom(&browser, &format!("{base}#token=ccds_wrong"));

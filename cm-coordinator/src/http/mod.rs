@@ -61,7 +61,7 @@ pub fn router(coord: Arc<Coordinator>) -> Router {
         .route("/verdicts", get(operator::verdicts))
         .route("/ledger", get(operator::ledger))
         .route("/reconcile", post(operator::reconcile))
-        .route("/payouts", post(operator::payout))
+        .route("/payouts", get(operator::payouts).post(operator::payout))
         .route("/sales", post(operator::sales_import))
         .route(
             "/tokens",

@@ -31,6 +31,7 @@ use super::{operator, partner};
         operator::verdicts,
         operator::ledger,
         operator::reconcile,
+        operator::payouts,
         operator::payout,
         operator::sales_import,
         operator::tokens,

@@ -293,6 +293,20 @@ pub async fn ledger(State(coord): State<Arc<Coordinator>>, Caller(grant): Caller
     Ok(Json(ledger))
 }
 
+/// The newest payouts, one row per node and period.
+#[utoipa::path(get, path = "/api/v1/payouts", tag = "operator", params(LimitQuery),
+    responses((status = 200, body = serde_json::Value)),
+    security(("token" = ["operator:read"])))]
+pub async fn payouts(
+    State(coord): State<Arc<Coordinator>>,
+    Caller(grant): Caller,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
+    grant.require(Scope::OperatorRead)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(serde_json::to_value(coord.db.payouts(limit).await?)?))
+}
+
 /// Runs a reconciliation now and settles pay; returns the run's summary.
 #[utoipa::path(post, path = "/api/v1/reconcile", tag = "operator",
     responses((status = 200, body = serde_json::Value), (status = 403, body = ErrorBody)),
