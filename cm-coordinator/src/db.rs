@@ -46,11 +46,12 @@ pub enum DbError {
         "unsupported database URL `{0}`: expected postgres://user:password@host:port/database or sqlite://path"
     )]
     Url(String),
-    #[error("cannot connect to PostgreSQL at {at}: {source}")]
+    /// The cause is in the message, not a source: it reads as one line.
+    #[error("cannot connect to PostgreSQL at {at}: {error}")]
     Connect {
         /// `host:port/database`, without credentials.
         at: String,
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     #[error("{0}")]
     Conflict(String),
@@ -297,11 +298,11 @@ impl Db {
             .await
             .map_err(|_| DbError::Connect {
                 at: at.clone(),
-                source: sqlx::Error::PoolTimedOut,
+                error: sqlx::Error::PoolTimedOut,
             })?
-            .map_err(|source| DbError::Connect {
+            .map_err(|error| DbError::Connect {
                 at: at.clone(),
-                source,
+                error,
             })?;
         let _ = conn.close().await;
         let pool = PgPoolOptions::new()
