@@ -601,6 +601,22 @@ pub async fn reconcile<R: rand::Rng + Send>(
     now: u64,
     rng: &mut R,
 ) -> anyhow::Result<RunOutcome> {
+    let started = std::time::Instant::now();
+    // One run at a time across every coordinator sharing the database; the run is written only
+    // if no other was meanwhile (`RunWrites::after_run`).
+    let lock = db.lock_accounting().await?;
+    let outcome = reconcile_locked(db, config, now, rng, started).await;
+    lock.release().await;
+    outcome
+}
+
+async fn reconcile_locked<R: rand::Rng + Send>(
+    db: &crate::db::Db,
+    config: &AccountingConfig,
+    now: u64,
+    rng: &mut R,
+    started: std::time::Instant,
+) -> anyhow::Result<RunOutcome> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
 
     use crate::pay::{self, Balances, Facts, NodeInput, NodeState, Offences, RunInfo, Work};
@@ -610,12 +626,12 @@ pub async fn reconcile<R: rand::Rng + Send>(
         ServiceKind, TicketCase, reconcile_storage, reconcile_ticket,
     };
 
-    let started = std::time::Instant::now();
     let mut phases = Phases {
         mark: Some(started),
         ..Default::default()
     };
     let policy = &config.pay;
+    let after_run = db.last_run_id().await?;
     let period_from = db.last_run_end().await?;
     let period_to = now.max(period_from);
     let mark = db.dirty_mark().await?;
@@ -687,6 +703,7 @@ pub async fn reconcile<R: rand::Rng + Send>(
         started_at: now,
         period_from,
         period_to,
+        after_run,
         settled_upto: mark,
         ..Default::default()
     };
@@ -1319,6 +1336,13 @@ pub async fn ledger(coord: &Coordinator) -> anyhow::Result<serde_json::Value> {
 /// the statement rows.
 pub async fn payout(coord: &Coordinator, period: &str) -> anyhow::Result<serde_json::Value> {
     let _one = coord.reconciling.lock().await;
+    let lock = coord.db.lock_accounting().await?;
+    let paid = payout_locked(coord, period).await;
+    lock.release().await;
+    paid
+}
+
+async fn payout_locked(coord: &Coordinator, period: &str) -> anyhow::Result<serde_json::Value> {
     let memo = format!("payout for period {period}");
     if coord.db.has_payout(&memo).await? {
         anyhow::bail!("payouts for period {period} were already recorded; a period is paid once");

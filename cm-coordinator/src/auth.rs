@@ -343,10 +343,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn tokens_are_checked_by_secret_and_scoped_at_creation() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("cm.db")).await.unwrap();
+    crate::db::testing::both_engines! {
+    async fn tokens_are_checked_by_secret_and_scoped_at_creation(db) {
         let ops = create(&db, "ops", None, &[Scope::OperatorRead], 1)
             .await
             .unwrap();
@@ -378,5 +376,6 @@ mod tests {
         // Revoked tokens stop working at once.
         db.revoke_token(&ops.row.id, 2).await.unwrap();
         assert_eq!(check(&db, &ops.secret).await.unwrap(), None);
+    }
     }
 }

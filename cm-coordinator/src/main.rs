@@ -129,6 +129,10 @@ enum Command {
         /// With --offline: append the ticket's sales record (one JSON line) to this file.
         #[arg(long, requires = "offline")]
         sales_record: Option<PathBuf>,
+        /// With --offline: the coordinator's database, as `run --database-url` [default: SQLite
+        /// in the data directory].
+        #[arg(long, env = "CCDS_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Reconcile node claims against receipts, sales, completions, placements and audits now,
     /// and settle pay; prints the verdict counts.
@@ -293,6 +297,10 @@ enum PartnerCommand {
         name: String,
         #[arg(long)]
         data_dir: PathBuf,
+        /// The coordinator's database, as `run --database-url` [default: SQLite in the data
+        /// directory].
+        #[arg(long, env = "CCDS_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -323,6 +331,10 @@ async fn call(dir: &Path, req: AdminRequest) -> anyhow::Result<serde_json::Value
 #[derive(clap::Args, serde::Deserialize, Default, Debug)]
 #[serde(default, deny_unknown_fields)]
 struct RunSettings {
+    /// The database: postgres://user:password@host:port/database to run on PostgreSQL (several
+    /// coordinators may share one), or sqlite://path [default: SQLite in the data directory].
+    #[arg(long, env = "CCDS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// QUIC listen address [default: /ip4/127.0.0.1/udp/0/quic-v1].
     #[arg(long, env = "CCDS_CM_LISTEN")]
     listen: Option<overlay::Multiaddr>,
@@ -474,6 +486,7 @@ impl RunSettings {
             },
         };
         Ok(RunConfig {
+            database_url: self.database_url.or(file.database_url),
             accounting,
             timers,
             listen,
@@ -639,9 +652,15 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Token { command } => token(command).await?,
         Command::Partner {
-            command: PartnerCommand::Add { name, data_dir },
+            command:
+                PartnerCommand::Add {
+                    name,
+                    data_dir,
+                    database_url,
+                },
         } => {
-            let id = server::add_partner(&DataDir::new(&data_dir), &name).await?;
+            let id = server::add_partner(&DataDir::new(&data_dir), database_url.as_deref(), &name)
+                .await?;
             println!("{id}");
         }
         Command::Publish {
@@ -690,6 +709,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             out,
             offline,
             sales_record,
+            database_url,
         } => {
             if let Some(p) = price
                 && !(p.is_finite() && p >= 0.0)
@@ -698,7 +718,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             }
             if offline {
                 let dir = DataDir::new(&data_dir);
-                let db = cm_coordinator::db::Db::open_sqlite(&dir.database()).await?;
+                let db =
+                    cm_coordinator::db::Db::open(database_url.as_deref(), &dir.database()).await?;
                 let coordinator = std::fs::read_to_string(dir.addr_file())
                     .map_err(|_| {
                         anyhow::anyhow!(

@@ -41,6 +41,8 @@ const MAX_STREAMS: usize = 1024;
 /// Settings of a running coordinator.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// The database URL (`postgres://…`, `sqlite://…`); `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
     pub listen: Multiaddr,
     /// Where to serve the HTTP API [default: 127.0.0.1 on a port the OS picks; the bound
     /// address goes to `DIR/http.addr`].
@@ -107,7 +109,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let root = dir.load_root()?;
-    let db = Db::open_sqlite(&dir.database()).await?;
+    let db = Db::open(config.database_url.as_deref(), &dir.database()).await?;
+    info!(engine = db.engine(), "database open");
     db.close_all_sessions(now_secs()).await?;
     // One coordinator per data directory: the lock is held until the process ends.
     let lock_path = dir.root().join("coordinator.lock");
@@ -878,7 +881,11 @@ async fn load_profiles(coord: &Coordinator) -> anyhow::Result<Arc<crate::profile
 
 /// Registers a partner: creates its key and a partner certificate. Works without a running
 /// coordinator (the database is shared safely).
-pub async fn add_partner(dir: &DataDir, name: &str) -> anyhow::Result<PeerId> {
+pub async fn add_partner(
+    dir: &DataDir,
+    database_url: Option<&str>,
+    name: &str,
+) -> anyhow::Result<PeerId> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -888,7 +895,7 @@ pub async fn add_partner(dir: &DataDir, name: &str) -> anyhow::Result<PeerId> {
         anyhow::bail!("partner names are 1-64 letters, digits, `-` or `_`; got `{name}`");
     }
     let root = dir.load_root()?;
-    let db = Db::open_sqlite(&dir.database()).await?;
+    let db = Db::open(database_url, &dir.database()).await?;
     if db.partner_cert(name).await?.is_some() {
         anyhow::bail!("partner `{name}` already exists");
     }

@@ -8,7 +8,25 @@ use overlay::{ContentId, PeerId};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Db, DbError};
+use super::{Db, DbError, Pool, on_pool};
+
+/// Reads a ledger row selected as `id, run, at, kind, debit, credit, amount, service, node, memo`.
+macro_rules! ledger_row {
+    ($r:expr) => {
+        LedgerRow {
+            id: $r.get(0),
+            run: $r.get(1),
+            at: $r.get(2),
+            kind: $r.get(3),
+            debit: $r.get(4),
+            credit: $r.get(5),
+            amount: $r.get(6),
+            service: $r.get(7),
+            node: $r.get(8),
+            memo: $r.get(9),
+        }
+    };
+}
 
 /// What ingesting a report did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,26 +111,31 @@ impl Db {
     /// (a receipt not newer than the one kept counts as a duplicate), holdings replaced. One
     /// transaction: a crash leaves either the whole report or none of it.
     pub async fn ingest_report(&self, report: &NodeReport, now: u64) -> Result<Ingested, DbError> {
-        let body = &report.body;
-        let node = body.node.to_string();
-        let mut tx = self.write_tx().await?;
-        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = ?")
-            .bind(&node)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-        if let Some(last) = last
-            && body.seq <= last as u64
-        {
-            return Ok(Ingested::Stale {
-                last_seq: last as u64,
-            });
-        }
-        let digest = blake3::hash(&encode(body));
-        // The report's rowid marks the tickets it changes (see `dirty_tickets`).
-        let mark: i64 = sqlx::query(
+        on_pool!(self, |pool, sql| {
+            let body = &report.body;
+            let node = body.node.to_string();
+            let mut tx = pool.begin_with(sql.begin_write).await?;
+            if let Some(lock) = sql.ingest_lock {
+                sqlx::query(lock).bind(&node).execute(&mut *tx).await?;
+            }
+            let last: Option<i64> =
+                sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = $1")
+                    .bind(&node)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0);
+            if let Some(last) = last
+                && body.seq <= last as u64
+            {
+                return Ok(Ingested::Stale {
+                    last_seq: last as u64,
+                });
+            }
+            let digest = blake3::hash(&encode(body));
+            // The report's rowid marks the tickets it changes (see `dirty_tickets`).
+            let mark: i64 = sqlx::query(
             "INSERT INTO node_reports (node, seq, period_from, period_to, received_at, claims, held, upload_bps, online_secs, digest, signature)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING rowid",
         )
         .bind(&node)
         .bind(body.seq as i64)
@@ -129,55 +152,55 @@ impl Db {
         .await?
         .get(0);
 
-        let (mut new, mut duplicate) = (0u32, 0u32);
-        for claim in &body.served {
-            let ticket = hex::encode(claim.ticket_id);
-            // A receipt only backs the claim it travels with: same node, ticket and content.
-            let receipt = claim.receipt.as_ref().filter(|r| {
-                r.body.node == body.node
-                    && r.body.ticket_id == claim.ticket_id
-                    && r.body.content == claim.content
-            });
-            let kept: Option<(Option<i64>, i64, i64)> = sqlx::query(
-                "SELECT receipt_seq, bytes, fragments FROM served_claims WHERE ticket = ? AND node = ?",
+            let (mut new, mut duplicate) = (0u32, 0u32);
+            for claim in &body.served {
+                let ticket = hex::encode(claim.ticket_id);
+                // A receipt only backs the claim it travels with: same node, ticket and content.
+                let receipt = claim.receipt.as_ref().filter(|r| {
+                    r.body.node == body.node
+                        && r.body.ticket_id == claim.ticket_id
+                        && r.body.content == claim.content
+                });
+                let kept: Option<(Option<i64>, i64, i64)> = sqlx::query(
+                "SELECT receipt_seq, bytes, fragments FROM served_claims WHERE ticket = $1 AND node = $2",
             )
             .bind(&ticket)
             .bind(&node)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| (r.get(0), r.get(1), r.get(2)));
-            let receipt_is_new = match (&kept, receipt) {
-                (_, None) => false,
-                (Some((Some(seq), _, _)), Some(r)) => r.body.seq > *seq as u64,
-                (_, Some(_)) => true,
-            };
-            if receipt.is_some() && !receipt_is_new {
-                duplicate += 1;
-            }
-            let claim_changed = match &kept {
-                None => true,
-                Some((_, bytes, fragments)) => {
-                    claim.bytes as i64 != *bytes || claim.fragments as i64 != *fragments
+                let receipt_is_new = match (&kept, receipt) {
+                    (_, None) => false,
+                    (Some((Some(seq), _, _)), Some(r)) => r.body.seq > *seq as u64,
+                    (_, Some(_)) => true,
+                };
+                if receipt.is_some() && !receipt_is_new {
+                    duplicate += 1;
                 }
-            };
-            if !receipt_is_new && !claim_changed {
-                continue;
-            }
-            new += 1;
-            let r = receipt.filter(|_| receipt_is_new);
-            sqlx::query(
+                let claim_changed = match &kept {
+                    None => true,
+                    Some((_, bytes, fragments)) => {
+                        claim.bytes as i64 != *bytes || claim.fragments as i64 != *fragments
+                    }
+                };
+                if !receipt_is_new && !claim_changed {
+                    continue;
+                }
+                new += 1;
+                let r = receipt.filter(|_| receipt_is_new);
+                sqlx::query(
                 "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at,
                      receipt_signer, receipt_bytes, receipt_fragments, receipt_seq, receipt_time, receipt_sig)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT (ticket, node) DO UPDATE SET
                      bytes = excluded.bytes, fragments = excluded.fragments,
                      report_seq = excluded.report_seq, updated_at = excluded.updated_at,
-                     receipt_signer = COALESCE(excluded.receipt_signer, receipt_signer),
-                     receipt_bytes = COALESCE(excluded.receipt_bytes, receipt_bytes),
-                     receipt_fragments = COALESCE(excluded.receipt_fragments, receipt_fragments),
-                     receipt_seq = COALESCE(excluded.receipt_seq, receipt_seq),
-                     receipt_time = COALESCE(excluded.receipt_time, receipt_time),
-                     receipt_sig = COALESCE(excluded.receipt_sig, receipt_sig)",
+                     receipt_signer = COALESCE(excluded.receipt_signer, served_claims.receipt_signer),
+                     receipt_bytes = COALESCE(excluded.receipt_bytes, served_claims.receipt_bytes),
+                     receipt_fragments = COALESCE(excluded.receipt_fragments, served_claims.receipt_fragments),
+                     receipt_seq = COALESCE(excluded.receipt_seq, served_claims.receipt_seq),
+                     receipt_time = COALESCE(excluded.receipt_time, served_claims.receipt_time),
+                     receipt_sig = COALESCE(excluded.receipt_sig, served_claims.receipt_sig)",
             )
             .bind(&ticket)
             .bind(&node)
@@ -195,18 +218,18 @@ impl Db {
             .bind(r.map(|r| r.signature.to_bytes().to_vec()))
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO dirty_tickets (ticket, mark) VALUES (?, ?)
+                sqlx::query(
+                    "INSERT INTO dirty_tickets (ticket, mark) VALUES ($1, $2)
                  ON CONFLICT (ticket) DO UPDATE SET mark = excluded.mark",
-            )
-            .bind(&ticket)
-            .bind(mark)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(held) = &body.held {
-            sqlx::query(
-                "INSERT INTO node_holdings (node, report_seq, at, fragments) VALUES (?, ?, ?, ?)
+                )
+                .bind(&ticket)
+                .bind(mark)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(held) = &body.held {
+                sqlx::query(
+                "INSERT INTO node_holdings (node, report_seq, at, fragments) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (node) DO UPDATE SET report_seq = excluded.report_seq, at = excluded.at, fragments = excluded.fragments",
             )
             .bind(&node)
@@ -215,19 +238,23 @@ impl Db {
             .bind(encode(held))
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(Ingested::Accepted { new, duplicate })
+            }
+            tx.commit().await?;
+            Ok(Ingested::Accepted { new, duplicate })
+        })
     }
 
     /// The newest report sequence number accepted from `node` (0: none).
     pub async fn last_report_seq(&self, node: &PeerId) -> Result<u64, DbError> {
-        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = ?")
-            .bind(node.to_string())
-            .fetch_one(&self.pool)
-            .await?
-            .get(0);
-        Ok(last.unwrap_or(0) as u64)
+        on_pool!(self, |pool, sql| {
+            let last: Option<i64> =
+                sqlx::query("SELECT MAX(seq) FROM node_reports WHERE node = $1")
+                    .bind(node.to_string())
+                    .fetch_one(pool)
+                    .await?
+                    .get(0);
+            Ok(last.unwrap_or(0) as u64)
+        })
     }
 
     /// A fragment drawn at random from those `node` is paid to store now.
@@ -235,76 +262,116 @@ impl Db {
         &self,
         node: &PeerId,
     ) -> Result<Option<overlay::store::FragmentId>, DbError> {
-        let row = sqlx::query(
-            "SELECT content, segment, idx FROM placements WHERE node = ? AND removed_at IS NULL ORDER BY RANDOM() LIMIT 1",
+        on_pool!(self, |pool, sql| {
+            let row = sqlx::query(
+            "SELECT content, segment, idx FROM placements WHERE node = $1 AND removed_at IS NULL ORDER BY RANDOM() LIMIT 1",
         )
         .bind(node.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
-        row.map(|r| {
-            Ok(overlay::store::FragmentId {
-                content: super::parse_content(&r.get::<String, _>(0))?,
-                segment: r.get::<i64, _>(1) as u32,
-                index: r.get::<i64, _>(2) as u16,
+            row.map(|r| {
+                Ok(overlay::store::FragmentId {
+                    content: super::parse_content(&r.get::<String, _>(0))?,
+                    segment: r.get::<i64, _>(1) as u32,
+                    index: r.get::<i64, _>(2) as u16,
+                })
             })
+            .transpose()
         })
-        .transpose()
+    }
+
+    /// Takes the accounting lock: one reconciliation run or payout at a time across every
+    /// coordinator sharing the database, held until [`AccountingLock::release`] (or, should the
+    /// process die, until its connection closes). On SQLite, where one process owns the
+    /// database, there is nothing to take.
+    pub async fn lock_accounting(&self) -> Result<AccountingLock, DbError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(AccountingLock(None));
+        };
+        // A connection of its own, outside the pool: returned to the pool, it would keep the
+        // lock; dropped, it closes and the server releases the lock.
+        let mut conn = pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)::text")
+            .bind(super::LOCK_ACCOUNTING)
+            .execute(&mut conn)
+            .await?;
+        Ok(AccountingLock(Some(conn)))
+    }
+
+    /// The newest reconciliation run's ID (0: none yet).
+    pub async fn last_run_id(&self) -> Result<i64, DbError> {
+        on_pool!(self, |pool, sql| {
+            Ok(sqlx::query("SELECT COALESCE(MAX(id), 0) FROM recon_runs")
+                .fetch_one(pool)
+                .await?
+                .get(0))
+        })
     }
 
     /// End of the last reconciliation run's period (0: none yet).
     pub async fn last_run_end(&self) -> Result<u64, DbError> {
-        let end: Option<i64> = sqlx::query("SELECT MAX(period_to) FROM recon_runs")
-            .fetch_one(&self.pool)
-            .await?
-            .get(0);
-        Ok(end.unwrap_or(0) as u64)
+        on_pool!(self, |pool, sql| {
+            let end: Option<i64> = sqlx::query("SELECT MAX(period_to) FROM recon_runs")
+                .fetch_one(pool)
+                .await?
+                .get(0);
+            Ok(end.unwrap_or(0) as u64)
+        })
     }
 
     /// Balance of every ledger account (credits in minus debits out).
     pub async fn balances(&self) -> Result<Vec<(String, i64)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT account, SUM(amount) FROM (
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT account, CAST(SUM(amount) AS BIGINT) FROM (
                  SELECT credit AS account, amount FROM ledger
                  UNION ALL SELECT debit AS account, -amount FROM ledger
-             ) GROUP BY account ORDER BY account",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+             ) AS entries GROUP BY account ORDER BY account",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
     }
 
     /// Balance of one account.
     pub async fn balance(&self, account: &str) -> Result<i64, DbError> {
-        let row = sqlx::query(
-            "SELECT COALESCE((SELECT SUM(amount) FROM ledger WHERE credit = ?1), 0)
-                  - COALESCE((SELECT SUM(amount) FROM ledger WHERE debit = ?1), 0)",
-        )
-        .bind(account)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get(0))
+        on_pool!(self, |pool, sql| {
+            let row = sqlx::query(
+                "SELECT CAST(COALESCE((SELECT SUM(amount) FROM ledger WHERE credit = $1), 0)
+                  - COALESCE((SELECT SUM(amount) FROM ledger WHERE debit = $1), 0) AS BIGINT)",
+            )
+            .bind(account)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.get(0))
+        })
     }
 
     /// Sum of a node's ledger entries of one kind.
     pub async fn ledger_sum(&self, node: &str, kind: &str) -> Result<i64, DbError> {
-        let row =
-            sqlx::query("SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE node = ? AND kind = ?")
+        on_pool!(self, |pool, sql| {
+            let row =
+            sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE node = $1 AND kind = $2")
                 .bind(node)
                 .bind(kind)
-                .fetch_one(&self.pool)
+                .fetch_one(pool)
                 .await?;
-        Ok(row.get(0))
+            Ok(row.get(0))
+        })
     }
 
     /// A node's ledger entries, oldest first.
     pub async fn ledger_of(&self, node: &str) -> Result<Vec<LedgerRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, run, at, kind, debit, credit, amount, service, node, memo FROM ledger WHERE node = ? ORDER BY id",
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+            "SELECT id, run, at, kind, debit, credit, amount, service, node, memo FROM ledger WHERE node = $1 ORDER BY id",
         )
         .bind(node)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        Ok(rows.into_iter().map(ledger_row).collect())
+            Ok(rows.into_iter().map(|r| ledger_row!(r)).collect())
+        })
     }
 
     /// Verdicts about a node (or every verdict, `None`), newest first, at most `limit`.
@@ -313,39 +380,42 @@ impl Db {
         node: Option<&str>,
         limit: i64,
     ) -> Result<Vec<VerdictRow>, DbError> {
-        let rows = sqlx::query(
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
             "SELECT id, run, node, client, ticket, outcome, kind, amount, offence, evidence, at FROM verdicts
-             WHERE ?1 IS NULL OR node = ?1 ORDER BY id DESC LIMIT ?2",
+             WHERE $1 IS NULL OR node = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(node)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let evidence: String = r.get(9);
-                Ok(VerdictRow {
-                    id: r.get(0),
-                    run: r.get(1),
-                    node: r.get(2),
-                    client: r.get(3),
-                    ticket: r.get(4),
-                    outcome: r.get(5),
-                    kind: r.get(6),
-                    amount: r.get(7),
-                    offence: r.get::<i64, _>(8) != 0,
-                    evidence: serde_json::from_str(&evidence)
-                        .map_err(|e| DbError::Corrupt(format!("verdict evidence: {e}")))?,
-                    at: r.get(10),
+            rows.into_iter()
+                .map(|r| {
+                    let evidence: String = r.get(9);
+                    Ok(VerdictRow {
+                        id: r.get(0),
+                        run: r.get(1),
+                        node: r.get(2),
+                        client: r.get(3),
+                        ticket: r.get(4),
+                        outcome: r.get(5),
+                        kind: r.get(6),
+                        amount: r.get(7),
+                        offence: r.get::<i64, _>(8) != 0,
+                        evidence: serde_json::from_str(&evidence)
+                            .map_err(|e| DbError::Corrupt(format!("verdict evidence: {e}")))?,
+                        at: r.get(10),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Records one audit outcome.
     pub async fn add_audit(&self, a: &AuditRow) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO audits (node, content, segment, idx, outcome, failed, offence, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        on_pool!(self, |pool, sql| {
+            sqlx::query(
+            "INSERT INTO audits (node, content, segment, idx, outcome, failed, offence, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&a.node)
         .bind(&a.content)
@@ -356,38 +426,43 @@ impl Db {
         .bind(a.offence as i64)
         .bind(&a.detail)
         .bind(a.at)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Audits of a node in all: (passed, failed, timed out and re-checked).
     pub async fn audit_counts(&self, node: &str) -> Result<(i64, i64, i64), DbError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN outcome = 'pass' THEN 1 ELSE 0 END), 0), COALESCE(SUM(failed), 0),
+        on_pool!(self, |pool, sql| {
+            let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN outcome = 'pass' THEN 1 ELSE 0 END), 0), CAST(COALESCE(SUM(failed), 0) AS BIGINT),
                     COALESCE(SUM(CASE WHEN outcome = 'timeout' THEN 1 ELSE 0 END), 0)
-             FROM audits WHERE node = ?",
+             FROM audits WHERE node = $1",
         )
         .bind(node)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
-        Ok((row.get(0), row.get(1), row.get(2)))
+            Ok((row.get(0), row.get(1), row.get(2)))
+        })
     }
 
     /// A node's accruals per service in the newest reconciliation run.
     pub async fn last_run_accruals(&self, node: &str) -> Result<Vec<(String, i64)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT service, SUM(amount) FROM ledger
-             WHERE node = ? AND kind = 'accrual' AND run = (SELECT MAX(id) FROM recon_runs)
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT service, CAST(SUM(amount) AS BIGINT) FROM ledger
+             WHERE node = $1 AND kind = 'accrual' AND run = (SELECT MAX(id) FROM recon_runs)
              GROUP BY service",
-        )
-        .bind(node)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get::<Option<String>, _>(0).unwrap_or_default(), r.get(1)))
-            .collect())
+            )
+            .bind(node)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<Option<String>, _>(0).unwrap_or_default(), r.get(1)))
+                .collect())
+        })
     }
 
     /// Whether `node`'s latest holdings list `fragment`: whether it claims to store it.
@@ -413,23 +488,27 @@ impl Db {
         table: StateTable,
         node: &str,
     ) -> Result<Option<String>, DbError> {
-        let sql = format!("SELECT state FROM {} WHERE node = ?", table.name());
-        Ok(sqlx::query(&sql)
-            .bind(node)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        on_pool!(self, |pool, sql| {
+            let sql = format!("SELECT state FROM {} WHERE node = $1", table.name());
+            Ok(sqlx::query(&sql)
+                .bind(node)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.get(0)))
+        })
     }
 
     /// Every saved state of a kind.
     pub async fn node_states(&self, table: StateTable) -> Result<Vec<(String, String)>, DbError> {
-        let sql = format!("SELECT node, state FROM {}", table.name());
-        Ok(sqlx::query(&sql)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        on_pool!(self, |pool, sql| {
+            let sql = format!("SELECT node, state FROM {}", table.name());
+            Ok(sqlx::query(&sql)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
     }
 
     /// Saves one node's state of a kind.
@@ -439,25 +518,43 @@ impl Db {
         node: &str,
         state: &str,
     ) -> Result<(), DbError> {
-        let sql = format!(
-            "INSERT INTO {} (node, state) VALUES (?, ?) ON CONFLICT (node) DO UPDATE SET state = excluded.state",
-            table.name()
-        );
-        sqlx::query(&sql)
-            .bind(node)
-            .bind(state)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        on_pool!(self, |pool, sql| {
+            let sql = format!(
+                "INSERT INTO {} (node, state) VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET state = excluded.state",
+                table.name()
+            );
+            sqlx::query(&sql)
+                .bind(node)
+                .bind(state)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// A content's manifest bytes and partner, for accounting lookups.
     pub async fn content_partner(&self, id: &ContentId) -> Result<Option<String>, DbError> {
-        Ok(sqlx::query("SELECT partner FROM contents WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        on_pool!(self, |pool, sql| {
+            Ok(sqlx::query("SELECT partner FROM contents WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.get(0)))
+        })
+    }
+}
+
+/// Held by one reconciliation run or payout at a time (see [`Db::lock_accounting`]).
+#[must_use = "the lock is released when dropped"]
+pub struct AccountingLock(Option<sqlx::PgConnection>);
+
+impl AccountingLock {
+    /// Releases the lock.
+    pub async fn release(self) {
+        if let Some(conn) = self.0 {
+            // Closing the session releases its advisory locks.
+            let _ = sqlx::Connection::close(conn).await;
+        }
     }
 }
 
@@ -474,21 +571,6 @@ impl StateTable {
             StateTable::Audit => "audit_states",
             StateTable::Pay => "pay_states",
         }
-    }
-}
-
-pub(crate) fn ledger_row(r: sqlx::sqlite::SqliteRow) -> LedgerRow {
-    LedgerRow {
-        id: r.get(0),
-        run: r.get(1),
-        at: r.get(2),
-        kind: r.get(3),
-        debit: r.get(4),
-        credit: r.get(5),
-        amount: r.get(6),
-        service: r.get(7),
-        node: r.get(8),
-        memo: r.get(9),
     }
 }
 
@@ -565,6 +647,9 @@ pub struct RunWrites {
     pub period_from: u64,
     pub period_to: u64,
     pub summary: serde_json::Value,
+    /// The newest run when this one began reading (0: none): the run is written only if it
+    /// still is.
+    pub after_run: i64,
     /// The mark the run settled up to: tickets marked later stay dirty.
     pub settled_upto: i64,
     /// `(ticket, settlement)` for the tickets whose paid bytes changed, as
@@ -610,13 +695,48 @@ fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-/// Columns of one claim, as `dirty_claims` packs them per ticket: space-separated fields, claims
-/// separated by commas. Every text field is an ID the coordinator wrote from a typed value (hex or
-/// base58), so neither separator can occur inside one; NULL numbers read as 0, as `u` does.
-const CLAIM_FIELDS: &str = "format('%d %s %s %d %d %d %d %d %s %d %d %d %d %s',
+/// The tickets marked dirty up to `$1` with their sales records, settlements and claims, one
+/// row per ticket in ticket order; `$agg` aggregates text and `$fields` packs one claim.
+///
+/// A claim packs as space-separated fields, claims separated by commas. Every text field is an
+/// ID the coordinator wrote from a typed value (hex or base58), so neither separator can occur
+/// inside one; NULL numbers read as 0, as `u` does.
+macro_rules! dirty_claims_sql {
+    ($agg:literal, $fields:literal) => {
+        concat!(
+            "SELECT d.ticket, t.client, t.allowance, t.not_after, t.source, s.paid,
+                 (SELECT ",
+            $agg,
+            "(",
+            $fields,
+            ", ',') FROM served_claims c WHERE c.ticket = d.ticket)
+             FROM dirty_tickets d
+             LEFT JOIN tickets t ON t.id = d.ticket
+             LEFT JOIN ticket_settlements s ON s.ticket = d.ticket
+             WHERE d.mark <= $1
+             ORDER BY d.ticket"
+        )
+    };
+}
+
+pub(super) const DIRTY_CLAIMS_SQLITE: &str = dirty_claims_sql!(
+    "group_concat",
+    "format('%d %s %s %d %d %d %d %d %s %d %d %d %d %s',
         c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
         c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL, ifnull(c.receipt_signer, ''),
-        c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig))";
+        c.receipt_bytes, c.receipt_fragments, c.receipt_seq, c.receipt_time, hex(c.receipt_sig))"
+);
+
+/// PostgreSQL's `format` knows only `%s` (NULL: empty), and its booleans and hex differ.
+pub(super) const DIRTY_CLAIMS_POSTGRES: &str = dirty_claims_sql!(
+    "string_agg",
+    "format('%s %s %s %s %s %s %s %s %s %s %s %s %s %s',
+        c.rowid, c.node, c.content, c.bytes, c.fragments, c.report_seq, c.first_seen,
+        CASE WHEN c.receipt_signer IS NOT NULL AND c.receipt_sig IS NOT NULL THEN 1 ELSE 0 END,
+        COALESCE(c.receipt_signer, ''), COALESCE(c.receipt_bytes, 0),
+        COALESCE(c.receipt_fragments, 0), COALESCE(c.receipt_seq, 0), COALESCE(c.receipt_time, 0),
+        encode(c.receipt_sig, 'hex'))"
+);
 
 impl<'a> ClaimRow<'a> {
     /// The claims of one ticket as [`Db::dirty_claims`] packs them, in node order (the order of
@@ -664,7 +784,7 @@ impl<'a> ClaimRow<'a> {
     }
 }
 
-/// Parses one claim packed by [`CLAIM_FIELDS`].
+/// Parses one claim packed by [`dirty_claims_sql`].
 fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
     let mut f = packed.split(' ');
     let mut int = || f.next()?.parse::<i64>().ok();
@@ -703,12 +823,17 @@ fn parse_claim(packed: &str) -> Option<ClaimRow<'_>> {
 impl Db {
     /// The mark a run settles up to: the newest node report so far (see `dirty_tickets`).
     pub async fn dirty_mark(&self) -> Result<i64, DbError> {
-        Ok(
-            sqlx::query("SELECT ifnull(MAX(rowid), 0) FROM node_reports")
-                .fetch_one(&self.pool)
-                .await?
-                .get(0),
-        )
+        on_pool!(self, |pool, sql| {
+            const MARK: &str = "SELECT COALESCE(MAX(rowid), 0) FROM node_reports";
+            let Some(lock) = sql.mark_lock else {
+                return Ok(sqlx::query(MARK).fetch_one(pool).await?.get(0));
+            };
+            let mut tx = pool.begin().await?;
+            sqlx::query(lock).execute(&mut *tx).await?;
+            let mark = sqlx::query(MARK).fetch_one(&mut *tx).await?.get(0);
+            tx.commit().await?;
+            Ok(mark)
+        })
     }
 
     /// Every claim under a ticket marked dirty up to `mark`, ticket by ticket in ticket order:
@@ -722,36 +847,29 @@ impl Db {
         mark: i64,
         mut each: impl FnMut(DirtyTicket),
     ) -> Result<(), DbError> {
-        use futures::TryStreamExt;
-        let sql = format!(
-            "SELECT d.ticket, t.client, t.allowance, t.not_after, t.source, s.paid,
-                 (SELECT group_concat({CLAIM_FIELDS}, ',') FROM served_claims c WHERE c.ticket = d.ticket)
-             FROM dirty_tickets d
-             LEFT JOIN tickets t ON t.id = d.ticket
-             LEFT JOIN ticket_settlements s ON s.ticket = d.ticket
-             WHERE d.mark <= ?
-             ORDER BY d.ticket"
-        );
-        let mut rows = sqlx::query(&sql).bind(mark).fetch(&self.pool);
-        while let Some(r) = rows.try_next().await? {
-            let sale = r.get::<Option<String>, _>(1).map(|client| SaleRow {
-                client,
-                allowance: u(r.get::<Option<i64>, _>(2).unwrap_or(0)),
-                not_after: u(r.get::<Option<i64>, _>(3).unwrap_or(0)),
-                source: r.get::<Option<String>, _>(4).unwrap_or_default(),
-            });
-            // Claims are never deleted, so a marked ticket has some; a ticket without is skipped.
-            let Some(packed) = r.get::<Option<String>, _>(6) else {
-                continue;
-            };
-            each(DirtyTicket {
-                hex: r.get(0),
-                sale,
-                packed,
-                paid: r.get(5),
-            });
-        }
-        Ok(())
+        on_pool!(self, |pool, sql| {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(sql.dirty_claims).bind(mark).fetch(pool);
+            while let Some(r) = rows.try_next().await? {
+                let sale = r.get::<Option<String>, _>(1).map(|client| SaleRow {
+                    client,
+                    allowance: u(r.get::<Option<i64>, _>(2).unwrap_or(0)),
+                    not_after: u(r.get::<Option<i64>, _>(3).unwrap_or(0)),
+                    source: r.get::<Option<String>, _>(4).unwrap_or_default(),
+                });
+                // Claims are never deleted, so a marked ticket has some; a ticket without is skipped.
+                let Some(packed) = r.get::<Option<String>, _>(6) else {
+                    continue;
+                };
+                each(DirtyTicket {
+                    hex: r.get(0),
+                    sale,
+                    packed,
+                    paid: r.get(5),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// The completion reports of the tickets marked dirty up to `mark`, oldest first (by time,
@@ -760,18 +878,20 @@ impl Db {
         &self,
         mark: i64,
     ) -> Result<Vec<(String, i64, Vec<u8>, u64)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT ticket, id, report, at FROM completions
-             WHERE ticket IN (SELECT ticket FROM dirty_tickets WHERE mark <= ?)
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT ticket, id, report, at FROM completions
+             WHERE ticket IN (SELECT ticket FROM dirty_tickets WHERE mark <= $1)
              ORDER BY ticket, at, id",
-        )
-        .bind(mark)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), u(r.get(3))))
-            .collect())
+            )
+            .bind(mark)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), u(r.get(3))))
+                .collect())
+        })
     }
 
     /// Fragments ever placed per (content, node).
@@ -790,30 +910,34 @@ impl Db {
         &self,
         open_since: Option<u64>,
     ) -> Result<Vec<(String, String, u64)>, DbError> {
-        // `removed_at >= i64::MIN` admits every row: one statement serves both counts.
-        let since = open_since.map_or(i64::MIN, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        let rows = sqlx::query(
-            "SELECT content, node, COUNT(*) FROM placements \
-             WHERE removed_at IS NULL OR removed_at >= ? GROUP BY content, node",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), u(r.get(2))))
-            .collect())
+        on_pool!(self, |pool, sql| {
+            // `removed_at >= i64::MIN` admits every row: one statement serves both counts.
+            let since = open_since.map_or(i64::MIN, |s| i64::try_from(s).unwrap_or(i64::MAX));
+            let rows = sqlx::query(
+                "SELECT content, node, COUNT(*) FROM placements \
+             WHERE removed_at IS NULL OR removed_at >= $1 GROUP BY content, node",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), u(r.get(2))))
+                .collect())
+        })
     }
 
     /// A node's latest holdings: `(report_seq, at, encoded list)`.
     pub async fn holdings(&self, node: &str) -> Result<Option<(u64, u64, Vec<u8>)>, DbError> {
-        Ok(
-            sqlx::query("SELECT report_seq, at, fragments FROM node_holdings WHERE node = ?")
-                .bind(node)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| (u(r.get(0)), u(r.get(1)), r.get(2))),
-        )
+        on_pool!(self, |pool, sql| {
+            Ok(
+                sqlx::query("SELECT report_seq, at, fragments FROM node_holdings WHERE node = $1")
+                    .bind(node)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| (u(r.get(0)), u(r.get(1)), r.get(2))),
+            )
+        })
     }
 
     /// Every node whose holdings were listed at or after `since`, in node order:
@@ -826,52 +950,54 @@ impl Db {
         placed_since: u64,
         mut each: impl FnMut(&str, (u64, u64, &[u8]), Vec<PlacementRow>),
     ) -> Result<(), DbError> {
-        use futures::TryStreamExt;
-        let mut holdings_conn = self.pool.acquire().await?;
-        let mut placements_conn = self.pool.acquire().await?;
-        let mut holdings = sqlx::query(
-            "SELECT node, report_seq, at, fragments FROM node_holdings WHERE at >= ? ORDER BY node",
+        on_pool!(self, |pool, sql| {
+            use futures::TryStreamExt;
+            let mut holdings_conn = pool.acquire().await?;
+            let mut placements_conn = pool.acquire().await?;
+            let mut holdings = sqlx::query(
+            "SELECT node, report_seq, at, fragments FROM node_holdings WHERE at >= $1 ORDER BY node",
         )
         .bind(since as i64)
         .fetch(&mut *holdings_conn);
-        // Within a node, the order of `placements_undeleted`, by node.
-        let mut placements = sqlx::query(
-            "SELECT node, content, segment, idx, placed_at, removed_at FROM placements
-             WHERE removed_at IS NULL OR removed_at > ?
-             ORDER BY node, removed_at, delete_sent_at, rowid",
-        )
-        .bind(placed_since as i64)
-        .fetch(&mut *placements_conn);
-        let mut next: Option<sqlx::sqlite::SqliteRow> = None;
-        while let Some(h) = holdings.try_next().await? {
-            let node: &str = h.get(0);
-            let mut list = Vec::new();
-            loop {
-                let p = match next.take() {
-                    Some(p) => p,
-                    None => match placements.try_next().await? {
+            // Within a node, the order of `placements_undeleted`, by node.
+            let mut placements = sqlx::query(
+                "SELECT node, content, segment, idx, placed_at, removed_at FROM placements
+             WHERE removed_at IS NULL OR removed_at > $1
+             ORDER BY node, removed_at NULLS FIRST, delete_sent_at NULLS FIRST, rowid",
+            )
+            .bind(placed_since as i64)
+            .fetch(&mut *placements_conn);
+            let mut next = None;
+            while let Some(h) = holdings.try_next().await? {
+                let node: &str = h.get(0);
+                let mut list = Vec::new();
+                loop {
+                    let p = match next.take() {
                         Some(p) => p,
-                        None => break,
-                    },
-                };
-                match p.get::<&str, _>(0).cmp(node) {
-                    std::cmp::Ordering::Less => {}
-                    std::cmp::Ordering::Equal => list.push(PlacementRow {
-                        content: p.get(1),
-                        segment: u(p.get(2)) as u32,
-                        index: u(p.get(3)) as u16,
-                        placed_at: u(p.get(4)),
-                        removed_at: p.get::<Option<i64>, _>(5).map(u),
-                    }),
-                    std::cmp::Ordering::Greater => {
-                        next = Some(p);
-                        break;
+                        None => match placements.try_next().await? {
+                            Some(p) => p,
+                            None => break,
+                        },
+                    };
+                    match p.get::<&str, _>(0).cmp(node) {
+                        std::cmp::Ordering::Less => {}
+                        std::cmp::Ordering::Equal => list.push(PlacementRow {
+                            content: p.get(1),
+                            segment: u(p.get(2)) as u32,
+                            index: u(p.get(3)) as u16,
+                            placed_at: u(p.get(4)),
+                            removed_at: p.get::<Option<i64>, _>(5).map(u),
+                        }),
+                        std::cmp::Ordering::Greater => {
+                            next = Some(p);
+                            break;
+                        }
                     }
                 }
+                each(node, (u(h.get(1)), u(h.get(2)), h.get(3)), list);
             }
-            each(node, (u(h.get(1)), u(h.get(2)), h.get(3)), list);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Failed audits in `(from, to]` (a run ends at `to`, so an audit in its last second
@@ -881,52 +1007,61 @@ impl Db {
         from: u64,
         to: u64,
     ) -> Result<Vec<(String, u64, bool)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT node, at, offence FROM audits WHERE failed = 1 AND at > ? AND at <= ?",
-        )
-        .bind(from as i64)
-        .bind(to as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), u(r.get(1)), r.get::<i64, _>(2) != 0))
-            .collect())
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT node, at, offence FROM audits WHERE failed = 1 AND at > $1 AND at <= $2",
+            )
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), u(r.get(1)), r.get::<i64, _>(2) != 0))
+                .collect())
+        })
     }
 
     /// Audit outcomes since `since` (timeouts under containment excluded): `(node, passed, at)`.
     pub async fn audits_since(&self, since: u64) -> Result<Vec<(String, bool, u64)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT node, failed, at FROM audits WHERE at >= ? AND outcome != 'timeout'",
-        )
-        .bind(since as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get::<i64, _>(1) == 0, u(r.get(2))))
-            .collect())
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT node, failed, at FROM audits WHERE at >= $1 AND outcome != 'timeout'",
+            )
+            .bind(since as i64)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), r.get::<i64, _>(1) == 0, u(r.get(2))))
+                .collect())
+        })
     }
 
     /// Passed audits per node, in total.
     pub async fn audits_passed(&self) -> Result<Vec<(String, u64)>, DbError> {
-        let rows =
-            sqlx::query("SELECT node, COUNT(*) FROM audits WHERE outcome = 'pass' GROUP BY node")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), u(r.get(1)))).collect())
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT node, COUNT(*) FROM audits WHERE outcome = 'pass' GROUP BY node",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), u(r.get(1)))).collect())
+        })
     }
 
     /// Registered nodes: `(id, registered_at, upload_bps, observed_bps, addrs JSON)`.
     pub async fn node_facts(&self) -> Result<Vec<(String, u64, u64, u64, String)>, DbError> {
-        let rows =
-            sqlx::query("SELECT id, registered_at, upload_bps, observed_bps, addrs FROM nodes")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), u(r.get(1)), u(r.get(2)), u(r.get(3)), r.get(4)))
-            .collect())
+        on_pool!(self, |pool, sql| {
+            let rows =
+                sqlx::query("SELECT id, registered_at, upload_bps, observed_bps, addrs FROM nodes")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), u(r.get(1)), u(r.get(2)), u(r.get(3)), r.get(4)))
+                .collect())
+        })
     }
 
     /// Per node: available and held balances, and hold/release/forfeit events `(at, kind,
@@ -934,48 +1069,67 @@ impl Db {
     pub async fn node_ledger_summary(
         &self,
     ) -> Result<std::collections::HashMap<String, NodeLedger>, DbError> {
-        let mut out: std::collections::HashMap<String, NodeLedger> = Default::default();
-        for (account, balance) in self.balances().await? {
-            if let Some(rest) = account.strip_prefix("node:") {
-                if let Some(node) = rest.strip_suffix(":available") {
-                    out.entry(node.to_string()).or_default().available = balance;
-                } else if let Some(node) = rest.strip_suffix(":held") {
-                    out.entry(node.to_string()).or_default().held = balance;
+        on_pool!(self, |pool, sql| {
+            let mut out: std::collections::HashMap<String, NodeLedger> = Default::default();
+            for (account, balance) in self.balances().await? {
+                if let Some(rest) = account.strip_prefix("node:") {
+                    if let Some(node) = rest.strip_suffix(":available") {
+                        out.entry(node.to_string()).or_default().available = balance;
+                    } else if let Some(node) = rest.strip_suffix(":held") {
+                        out.entry(node.to_string()).or_default().held = balance;
+                    }
                 }
             }
-        }
-        let rows = sqlx::query(
+            let rows = sqlx::query(
             "SELECT node, at, kind, amount FROM ledger WHERE kind IN ('hold', 'release', 'forfeit') AND node IS NOT NULL ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        for r in rows {
-            let node: String = r.get(0);
-            out.entry(node)
-                .or_default()
-                .events
-                .push((u(r.get(1)), r.get(2), r.get(3)));
-        }
-        Ok(out)
+            for r in rows {
+                let node: String = r.get(0);
+                out.entry(node)
+                    .or_default()
+                    .events
+                    .push((u(r.get(1)), r.get(2), r.get(3)));
+            }
+            Ok(out)
+        })
     }
 
     /// Revenue of tickets sold in `[from, to)`, micro-credits.
     pub async fn revenue(&self, from: u64, to: u64) -> Result<i64, DbError> {
-        Ok(sqlx::query(
-            "SELECT COALESCE(SUM(price), 0) FROM tickets WHERE issued_at >= ? AND issued_at < ? AND source != 'repair'",
+        on_pool!(self, |pool, sql| {
+            Ok(sqlx::query(
+            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM tickets WHERE issued_at >= $1 AND issued_at < $2 AND source != 'repair'",
         )
         .bind(from as i64)
         .bind(to as i64)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?
         .get(0))
+        })
     }
 
     /// Writes a reconciliation run in one transaction; returns the run's ID.
     pub async fn write_run(&self, w: &RunWrites) -> Result<i64, DbError> {
-        let mut tx = self.write_tx().await?;
-        let run: i64 = sqlx::query(
-            "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES (?, ?, ?, ?) RETURNING id",
+        on_pool!(self, |pool, sql| {
+            let mut tx = pool.begin_with(sql.begin_write).await?;
+            if let Some(lock) = sql.run_lock {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
+            let newest: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM recon_runs")
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+            if newest != w.after_run {
+                return Err(DbError::Conflict(format!(
+                    "reconciliation run {newest} was written while this run (after run {}) read; \
+                 nothing written, the next run settles it",
+                    w.after_run
+                )));
+            }
+            let run: i64 = sqlx::query(
+            "INSERT INTO recon_runs (started_at, period_from, period_to, summary) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(w.started_at as i64)
         .bind(w.period_from as i64)
@@ -985,66 +1139,61 @@ impl Db {
         .await?
         .get(0);
 
-        // Settled tickets leave `dirty_tickets` (those marked during the run stay), pending ones
-        // return; settlements straight from bound values, 10,000 per statement (2 of SQLite's
-        // 32,766 parameters each).
-        sqlx::query("DELETE FROM dirty_tickets WHERE mark <= ?")
-            .bind(w.settled_upto)
-            .execute(&mut *tx)
-            .await?;
-        for chunk in w.pending.chunks(10_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO dirty_tickets (ticket, mark) ",
-            );
-            q.push_values(chunk, |mut b, ticket| {
-                b.push_bind(ticket).push_bind(w.settled_upto);
-            });
-            q.push(" ON CONFLICT (ticket) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in w.settled.chunks(10_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO ticket_settlements (ticket, paid) ",
-            );
-            q.push_values(chunk, |mut b, (ticket, paid)| {
-                b.push_bind(ticket).push_bind(paid);
-            });
-            q.push(" ON CONFLICT (ticket) DO UPDATE SET paid = excluded.paid");
-            q.build().execute(&mut *tx).await?;
-        }
+            // Settled tickets leave `dirty_tickets` (those marked during the run stay), pending ones
+            // return; settlements straight from bound values, 10,000 per statement (2 of SQLite's
+            // 32,766 parameters each).
+            sqlx::query("DELETE FROM dirty_tickets WHERE mark <= $1")
+                .bind(w.settled_upto)
+                .execute(&mut *tx)
+                .await?;
+            for chunk in w.pending.chunks(10_000) {
+                let mut q = builder(&tx, "INSERT INTO dirty_tickets (ticket, mark) ");
+                q.push_values(chunk, |mut b, ticket| {
+                    b.push_bind(ticket).push_bind(w.settled_upto);
+                });
+                q.push(" ON CONFLICT (ticket) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in w.settled.chunks(10_000) {
+                let mut q = builder(&tx, "INSERT INTO ticket_settlements (ticket, paid) ");
+                q.push_values(chunk, |mut b, (ticket, paid)| {
+                    b.push_bind(ticket).push_bind(paid);
+                });
+                q.push(" ON CONFLICT (ticket) DO UPDATE SET paid = excluded.paid");
+                q.build().execute(&mut *tx).await?;
+            }
 
-        for chunk in w.verdicts.chunks(1_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO verdicts (run, node, client, ticket, outcome, kind, amount, offence, evidence, at) ",
-            );
-            q.push_values(chunk, |mut b, v| {
-                b.push_bind(run)
-                    .push_bind(&v.node)
-                    .push_bind(&v.client)
-                    .push_bind(&v.ticket)
-                    .push_bind(&v.outcome)
-                    .push_bind(&v.kind)
-                    .push_bind(v.amount.to_string())
-                    .push_bind(v.offence as i64)
-                    .push_bind(&v.evidence)
-                    .push_bind(w.period_to as i64);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        append(&mut tx, Some(run), w.period_to, &w.entries).await?;
-        for chunk in w.pay_states.chunks(1_000) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO pay_states (node, state, updated_run) ",
-            );
-            q.push_values(chunk, |mut b, (node, state)| {
-                b.push_bind(node).push_bind(state).push_bind(run);
-            });
-            q.push(" ON CONFLICT (node) DO UPDATE SET state = excluded.state, updated_run = excluded.updated_run");
-            q.build().execute(&mut *tx).await?;
-        }
-        for (content, segment, index, node) in &w.lost {
-            sqlx::query(
-                "UPDATE placements SET removed_at = ? WHERE content = ? AND segment = ? AND idx = ? AND node = ? AND removed_at IS NULL",
+            for chunk in w.verdicts.chunks(1_000) {
+                let mut q = builder(
+                    &tx,
+                    "INSERT INTO verdicts (run, node, client, ticket, outcome, kind, amount, offence, evidence, at) ",
+                );
+                q.push_values(chunk, |mut b, v| {
+                    b.push_bind(run)
+                        .push_bind(&v.node)
+                        .push_bind(&v.client)
+                        .push_bind(&v.ticket)
+                        .push_bind(&v.outcome)
+                        .push_bind(&v.kind)
+                        .push_bind(v.amount.to_string())
+                        .push_bind(v.offence as i64)
+                        .push_bind(&v.evidence)
+                        .push_bind(w.period_to as i64);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            append!(tx, Some(run), w.period_to, &w.entries);
+            for chunk in w.pay_states.chunks(1_000) {
+                let mut q = builder(&tx, "INSERT INTO pay_states (node, state, updated_run) ");
+                q.push_values(chunk, |mut b, (node, state)| {
+                    b.push_bind(node).push_bind(state).push_bind(run);
+                });
+                q.push(" ON CONFLICT (node) DO UPDATE SET state = excluded.state, updated_run = excluded.updated_run");
+                q.build().execute(&mut *tx).await?;
+            }
+            for (content, segment, index, node) in &w.lost {
+                sqlx::query(
+                "UPDATE placements SET removed_at = $1 WHERE content = $2 AND segment = $3 AND idx = $4 AND node = $5 AND removed_at IS NULL",
             )
             .bind(w.period_to as i64)
             .bind(content)
@@ -1053,39 +1202,45 @@ impl Db {
             .bind(node)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(run)
+            }
+            tx.commit().await?;
+            Ok(run)
+        })
     }
 
     /// Appends ledger entries outside a reconciliation run (payouts), in one transaction.
     pub async fn append_entries(&self, at: u64, entries: &[NewEntry]) -> Result<(), DbError> {
-        let mut tx = self.write_tx().await?;
-        append(&mut tx, None, at, entries).await?;
-        tx.commit().await?;
-        Ok(())
+        on_pool!(self, |pool, sql| {
+            let mut tx = pool.begin_with(sql.begin_write).await?;
+            append!(tx, None, at, entries);
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Whether payouts were already recorded with this memo.
     pub async fn has_payout(&self, memo: &str) -> Result<bool, DbError> {
-        Ok(
-            sqlx::query("SELECT 1 FROM ledger WHERE kind = 'payout' AND memo = ? LIMIT 1")
-                .bind(memo)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+        on_pool!(self, |pool, sql| {
+            Ok(
+                sqlx::query("SELECT 1 FROM ledger WHERE kind = 'payout' AND memo = $1 LIMIT 1")
+                    .bind(memo)
+                    .fetch_optional(pool)
+                    .await?
+                    .is_some(),
+            )
+        })
     }
 
     /// Reconciliation runs, newest first.
     pub async fn runs(&self, limit: i64) -> Result<Vec<serde_json::Value>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, started_at, period_from, period_to, summary FROM recon_runs ORDER BY id DESC LIMIT ?",
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+            "SELECT id, started_at, period_from, period_to, summary FROM recon_runs ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        Ok(rows
+            Ok(rows
             .into_iter()
             .map(|r| {
                 let summary: String = r.get(4);
@@ -1098,35 +1253,43 @@ impl Db {
                 })
             })
             .collect())
+        })
     }
 }
 
-/// Appends ledger entries (of reconciliation run `run`, if any) in multi-row inserts.
-async fn append(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    run: Option<i64>,
-    at: u64,
-    entries: &[NewEntry],
-) -> Result<(), DbError> {
-    for chunk in entries.chunks(1_000) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
-        );
-        q.push_values(chunk, |mut b, e| {
-            b.push_bind(run)
-                .push_bind(at as i64)
-                .push_bind(&e.kind)
-                .push_bind(&e.debit)
-                .push_bind(&e.credit)
-                .push_bind(e.amount)
-                .push_bind(&e.service)
-                .push_bind(&e.node)
-                .push_bind(&e.memo);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(())
+/// A multi-row insert builder for the engine of `_tx`.
+fn builder<'a, DB: sqlx::Database>(
+    _tx: &sqlx::Transaction<'_, DB>,
+    init: &str,
+) -> sqlx::QueryBuilder<'a, DB> {
+    sqlx::QueryBuilder::new(init)
 }
+
+/// Appends ledger entries (of reconciliation run `run`, if any) in multi-row inserts.
+macro_rules! append {
+    ($tx:expr, $run:expr, $at:expr, $entries:expr) => {{
+        let run: Option<i64> = $run;
+        for chunk in $entries.chunks(1_000) {
+            let mut q = builder(
+                &$tx,
+                "INSERT INTO ledger (run, at, kind, debit, credit, amount, service, node, memo) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(run)
+                    .push_bind($at as i64)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.debit)
+                    .push_bind(&e.credit)
+                    .push_bind(e.amount)
+                    .push_bind(&e.service)
+                    .push_bind(&e.node)
+                    .push_bind(&e.memo);
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+use append;
 
 /// A node's ledger as the pay core needs it.
 #[derive(Clone, Debug, Default)]
@@ -1184,7 +1347,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut v3 = sqlx::migrate!("./migrations");
+        let mut v3 = sqlx::migrate!("./migrations/sqlite");
         v3.migrations = v3
             .migrations
             .iter()
@@ -1198,7 +1361,7 @@ mod tests {
         {
             sqlx::query(
                 "INSERT INTO served_claims (ticket, node, content, bytes, fragments, report_seq, first_seen, updated_at, paid_bytes, dirty)
-                 VALUES (?, ?, 'c', 10, 1, 1, 1, 1, ?, ?)",
+                 VALUES ($1, $2, 'c', 10, 1, 1, 1, 1, $3, $4)",
             )
             .bind(ticket)
             .bind(node)
@@ -1229,7 +1392,10 @@ mod tests {
         assert_eq!(claims[0].paid_bytes, 5);
         let settled: Vec<(String, String)> =
             sqlx::query_as("SELECT ticket, paid FROM ticket_settlements ORDER BY ticket")
-                .fetch_all(&db.pool)
+                .fetch_all(match &db.pool {
+                    Pool::Sqlite(pool) => pool,
+                    Pool::Postgres(_) => unreachable!("opened as SQLite"),
+                })
                 .await
                 .unwrap();
         assert_eq!(
@@ -1241,10 +1407,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn completion_reports_are_kept_once_each_even_within_one_second() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    crate::db::testing::both_engines! {
+    async fn completion_reports_are_kept_once_each_even_within_one_second(db) {
         let client = overlay::Identity::generate().peer_id();
         let content = overlay::ContentId([3; 32]);
         for report in [b"first".as_slice(), b"first", b"second"] {
@@ -1252,12 +1416,15 @@ mod tests {
                 .await
                 .unwrap();
         }
-        sqlx::query("INSERT INTO dirty_tickets (ticket, mark) VALUES ('aa', 0)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        on_pool!(db, |pool, sql| {
+            sqlx::query("INSERT INTO dirty_tickets (ticket, mark) VALUES ('aa', 0)")
+                .execute(pool)
+                .await
+                .unwrap();
+        });
         let kept = db.dirty_completions(0).await.unwrap();
         let reports: Vec<&[u8]> = kept.iter().map(|(_, _, r, _)| r.as_slice()).collect();
         assert_eq!(reports, [b"first".as_slice(), b"second"], "newest last");
+    }
     }
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Db, DbError};
+use super::{Db, DbError, on_pool};
 
 /// A stored API token (never the secret itself).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -19,15 +19,17 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
-fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
-    TokenRow {
-        id: r.get(0),
-        label: r.get(1),
-        partner: r.get(2),
-        scopes: r.get(3),
-        created_at: r.get(4),
-        revoked_at: r.get(5),
-    }
+macro_rules! token_row {
+    ($r:expr) => {
+        TokenRow {
+            id: $r.get(0),
+            label: $r.get(1),
+            partner: $r.get(2),
+            scopes: $r.get(3),
+            created_at: $r.get(4),
+            revoked_at: $r.get(5),
+        }
+    };
 }
 
 const COLUMNS: &str = "id, label, partner, scopes, created_at, revoked_at";
@@ -35,52 +37,54 @@ const COLUMNS: &str = "id, label, partner, scopes, created_at, revoked_at";
 impl Db {
     /// Stores a new token by its hash.
     pub async fn add_token(&self, hash: &str, row: &TokenRow) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO api_tokens (id, hash, label, partner, scopes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&row.id)
-        .bind(hash)
-        .bind(&row.label)
-        .bind(&row.partner)
-        .bind(&row.scopes)
-        .bind(row.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self, |pool, sql| {
+            sqlx::query(
+                "INSERT INTO api_tokens (id, hash, label, partner, scopes, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&row.id)
+            .bind(hash)
+            .bind(&row.label)
+            .bind(&row.partner)
+            .bind(&row.scopes)
+            .bind(row.created_at)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The live (unrevoked) token with this hash.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, DbError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL"
-        ))
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(token_row))
+        let query =
+            format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL");
+        on_pool!(self, |pool, sql| {
+            let row = sqlx::query(&query).bind(hash).fetch_optional(pool).await?;
+            Ok(row.map(|r| token_row!(r)))
+        })
     }
 
     /// Every token, newest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, DbError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_tokens ORDER BY created_at DESC, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(token_row).collect())
+        let query = format!("SELECT {COLUMNS} FROM api_tokens ORDER BY created_at DESC, id");
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(&query).fetch_all(pool).await?;
+            Ok(rows.iter().map(|r| token_row!(r)).collect())
+        })
     }
 
     /// Revokes a token; false when no live token has this id.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, sql| {
+            let done = sqlx::query(
+                "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 }
 
@@ -88,10 +92,8 @@ impl Db {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn tokens_are_found_by_hash_until_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("cm.db")).await.unwrap();
+    crate::db::testing::both_engines! {
+    async fn tokens_are_found_by_hash_until_revoked(db) {
         let row = TokenRow {
             id: "00112233aabbccdd".into(),
             label: "ops".into(),
@@ -111,5 +113,6 @@ mod tests {
         assert!(!db.revoke_token(&row.id, 30).await.unwrap(), "revoked once");
         assert_eq!(db.token_by_hash("hash-1").await.unwrap(), None);
         assert_eq!(db.tokens().await.unwrap()[0].revoked_at, Some(20));
+    }
     }
 }
