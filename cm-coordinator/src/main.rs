@@ -673,8 +673,10 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             file,
         } => {
             let spare_shards = spare_shards.unwrap_or_else(|| {
-                let room = 256 - (data_shards as usize + parity_shards as usize).min(256);
-                parity_shards.min(room.min(255) as u8)
+                cm_coordinator::publish::PublishParams::default_spare_shards(
+                    data_shards,
+                    parity_shards,
+                )
             });
             let path = std::fs::canonicalize(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;

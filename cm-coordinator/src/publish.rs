@@ -58,6 +58,13 @@ pub struct PublishParams {
 }
 
 impl PublishParams {
+    /// The spare parity fragments a content gets when its publisher names none: as many as
+    /// its parity fragments, within 256 fragments in all.
+    pub fn default_spare_shards(data_shards: u8, parity_shards: u8) -> u8 {
+        let room = 256 - (data_shards as usize + parity_shards as usize).min(256);
+        parity_shards.min(room.min(255) as u8)
+    }
+
     fn check(&self) -> Result<(), PublishError> {
         let n =
             self.data_shards as usize + self.parity_shards as usize + self.spare_shards as usize;

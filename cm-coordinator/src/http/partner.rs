@@ -120,8 +120,7 @@ pub async fn publish(
     let data_shards = q.data_shards.unwrap_or(8);
     let parity_shards = q.parity_shards.unwrap_or(4);
     let spare_shards = q.spare_shards.unwrap_or_else(|| {
-        let room = 256 - (data_shards as usize + parity_shards as usize).min(256);
-        parity_shards.min(room.min(255) as u8)
+        crate::publish::PublishParams::default_spare_shards(data_shards, parity_shards)
     });
     let name = q.name.unwrap_or_else(|| "upload".into());
     if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
