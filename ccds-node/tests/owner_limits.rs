@@ -12,13 +12,13 @@ use anyhow::{Context as _, ensure};
 use ccds_node::owner::{self, OwnerRequest};
 use ccds_node::schedule::{Schedule, TimeOfDay, Window};
 use ccds_node::throttle::UploadLimit;
-use ccds_node::{DataDir, InitOptions, Limits, RunOptions};
+use ccds_node::{Limits, RunOptions};
 use common::fetching::{Client, Fixture, fetch_checked, fragment, fragment_bytes};
 use common::processes::http;
 use common::{loopback, scripted_cm, wait_for_file};
 use overlay::cert::{self, Role};
 use overlay::codec::fragment_hash;
-use overlay::net::{Net, with_peer};
+use overlay::net::Net;
 use overlay::proto::{self, FetchResponse, MAX_SMALL_MSG};
 use overlay::store::FragmentStore;
 use overlay::ticket::{Ticket, TicketBody};
@@ -108,13 +108,7 @@ async fn the_schedule_window_covering_now_sets_the_upload_rate() -> anyhow::Resu
     let cm = Identity::generate();
     let (cm_net, _requests) = scripted_cm(cm.clone()).await?;
     let tmp = tempfile::tempdir()?;
-    let data_dir = tmp.path().join("node");
-    let node_id = ccds_node::init(&InitOptions {
-        data_dir: data_dir.clone(),
-        coordinator: with_peer(&cm_net.listen_addrs()[0], cm.peer_id()),
-        quota: Some(1 << 30),
-    })?;
-    let dir = DataDir::new(&data_dir);
+    let (data_dir, dir, node_id) = common::node_dir(tmp.path(), &cm, &cm_net, 1 << 30)?;
     {
         let store = FragmentStore::open(&dir.fragments(), 1 << 30, 16 << 20)?;
         for index in 0..FRAGMENTS {

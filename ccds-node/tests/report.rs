@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ccds_node::report::ReportState;
-use ccds_node::{DataDir, InitOptions, NodeStatus, RunOptions};
+use ccds_node::{DataDir, NodeStatus, RunOptions};
 use common::{loopback, next_request};
 use futures::{AsyncWriteExt, StreamExt};
 use overlay::cert::{self, Role};
 use overlay::codec::fragment_hash;
-use overlay::net::{Net, with_peer};
+use overlay::net::Net;
 use overlay::proto::{self, ControlRequest, ControlResponse};
 use overlay::receipt::{Receipt, ReceiptBody};
 use overlay::report::{AccountView, NodeReport};
@@ -111,17 +111,6 @@ fn append(log: &Path, receipts: &[&Receipt]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An initialised node directory for `cm_net`'s CM.
-fn node_dir(tmp: &Path, cm: &Identity, cm_net: &Net) -> anyhow::Result<(DataDir, PeerId)> {
-    let data_dir = tmp.join("node");
-    let id = ccds_node::init(&InitOptions {
-        data_dir: data_dir.clone(),
-        coordinator: with_peer(&cm_net.listen_addrs()[0], cm.peer_id()),
-        quota: Some(1 << 20),
-    })?;
-    Ok((DataDir::new(data_dir), id))
-}
-
 fn start_node(
     dir: &DataDir,
 ) -> (
@@ -206,7 +195,7 @@ async fn a_running_node_sends_signed_sequenced_reports_of_its_new_receipts() -> 
     let cm_id = Identity::generate();
     let (cm_net, mut requests) = cm(cm_id.clone(), Vec::new()).await?;
     let tmp = tempfile::tempdir()?;
-    let (dir, node_id) = node_dir(tmp.path(), &cm_id, &cm_net)?;
+    let (_, dir, node_id) = common::node_dir(tmp.path(), &cm_id, &cm_net, 1 << 20)?;
 
     // Work done before this run: two tickets' receipts in the log, three fragments held.
     let client = Identity::generate();
@@ -333,7 +322,7 @@ async fn claims_the_cm_did_not_take_are_sent_again() -> anyhow::Result<()> {
     ];
     let (cm_net, mut requests) = cm(cm_id.clone(), script).await?;
     let tmp = tempfile::tempdir()?;
-    let (dir, node_id) = node_dir(tmp.path(), &cm_id, &cm_net)?;
+    let (_, dir, node_id) = common::node_dir(tmp.path(), &cm_id, &cm_net, 1 << 20)?;
     let client = Identity::generate();
     let a1 = receipt(&client, node_id, 0xa, 1, 100);
     append(&dir.receipts(), &[&a1])?;

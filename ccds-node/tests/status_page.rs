@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ccds_node::owner::{self, OwnerRequest};
-use ccds_node::{DataDir, InitOptions, NodeError, RunOptions};
+use ccds_node::{NodeError, RunOptions};
 use common::processes::http;
 use common::{next_request, scripted_cm, wait_for_file};
 use overlay::Identity;
-use overlay::net::with_peer;
 use overlay::proto::ControlRequest;
 use tokio::sync::oneshot;
 
@@ -48,13 +47,7 @@ async fn the_page_shows_the_node_and_its_buttons_pause_and_resume_it() -> anyhow
     let cm = Identity::generate();
     let (cm_net, mut requests) = scripted_cm(cm.clone()).await?;
     let tmp = tempfile::tempdir()?;
-    let data_dir = tmp.path().join("node");
-    let node_id = ccds_node::init(&InitOptions {
-        data_dir: data_dir.clone(),
-        coordinator: with_peer(&cm_net.listen_addrs()[0], cm.peer_id()),
-        quota: Some(1 << 20),
-    })?;
-    let dir = DataDir::new(&data_dir);
+    let (data_dir, dir, node_id) = common::node_dir(tmp.path(), &cm, &cm_net, 1 << 20)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let node = tokio::spawn(ccds_node::run(
         RunOptions {

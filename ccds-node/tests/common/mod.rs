@@ -17,6 +17,23 @@ use overlay::time::now_secs;
 use overlay::{Identity, Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
+/// A node data directory `tmp/node` initialised for `cm_net`'s CM with `quota` bytes: its
+/// path, the directory and the node's ID.
+pub fn node_dir(
+    tmp: &Path,
+    cm: &Identity,
+    cm_net: &Net,
+    quota: u64,
+) -> anyhow::Result<(std::path::PathBuf, ccds_node::DataDir, PeerId)> {
+    let data_dir = tmp.join("node");
+    let id = ccds_node::init(&ccds_node::InitOptions {
+        data_dir: data_dir.clone(),
+        coordinator: overlay::net::with_peer(&cm_net.listen_addrs()[0], cm.peer_id()),
+        quota: Some(quota),
+    })?;
+    Ok((data_dir.clone(), ccds_node::DataDir::new(data_dir), id))
+}
+
 pub fn loopback() -> Multiaddr {
     "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()
 }
