@@ -1,6 +1,8 @@
 //! Two coordinator processes on one PostgreSQL database serve one collective: each with the
-//! same CM root key and its own nodes, clients downloading through either, both reconciling at
-//! once; every node is credited exactly what one coordinator would credit, once.
+//! same CM root key and its own nodes. A client of one downloads from the other's nodes, a
+//! publish through one places fragments on the other's nodes, a restart of one leaves the
+//! other's nodes online, one coordinator repairs what a leaving node held (once), and both
+//! reconciling at once credit every node exactly what one coordinator would, once.
 //!
 //! Needs a PostgreSQL server where the test may create a database: `CCDS_TEST_POSTGRES_URL`
 //! (`.ci/run` sets one up). Without it the test says it was skipped — and fails under `CI`.
@@ -111,12 +113,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Processes killed and logs shown (on failure) when dropped.
 struct Processes {
     tmp: tempfile::TempDir,
-    children: Vec<Child>,
+    children: Vec<(String, Child)>,
 }
 
 impl Processes {
+    /// Starts a program, its output appended to `LOG.log`; `LOG` names the process.
     fn spawn(&mut self, name: &str, args: &[&str], log: &str) {
-        let out = std::fs::File::create(self.tmp.path().join(log)).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join(format!("{log}.log")))
+            .unwrap();
         let child = Command::new(bin(name))
             .args(args)
             .env("RUST_LOG", "info,libp2p=warn")
@@ -126,7 +133,25 @@ impl Processes {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        self.children.push(child);
+        self.children.push((log.to_string(), child));
+    }
+
+    /// Stops the process named `log`: SIGTERM (a graceful stop) or SIGKILL.
+    fn stop(&mut self, log: &str, graceful: bool) {
+        let i = self
+            .children
+            .iter()
+            .position(|(l, _)| l == log)
+            .unwrap_or_else(|| panic!("no process {log}"));
+        let (_, mut child) = self.children.remove(i);
+        if graceful {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        } else {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -136,7 +161,7 @@ impl Processes {
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -173,6 +198,126 @@ fn json(name: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&run_ok(name, args)).unwrap()
 }
 
+/// Nodes `cm` lists online.
+fn online(cm: &str) -> Vec<String> {
+    json("cm-coordinator", &["nodes", "--data-dir", cm, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["online"] == true)
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Fragments placed on each node, as `cm` lists them.
+fn fragments(cm: &str) -> BTreeMap<String, u64> {
+    json("cm-coordinator", &["nodes", "--data-dir", cm, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["fragments"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// (sessions, open sessions) of a node in the shared database.
+fn sessions(url: &str, node: &str) -> (i64, i64) {
+    block_on(async {
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE ended_at IS NULL) FROM node_sessions
+             WHERE node = $1",
+        )
+        .bind(node)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        row
+    })
+}
+
+/// A file of `len` pseudo-random bytes.
+fn make_file(path: &Path, len: usize, seed: u64) {
+    let mut bytes = vec![0u8; len];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Publishes `file` through `cm` with `k` data and `m` parity fragments per 256 KiB segment.
+fn publish(cm: &str, file: &Path, k: &str, m: &str) -> String {
+    run_ok(
+        "cm-coordinator",
+        &[
+            "publish",
+            "--data-dir",
+            cm,
+            "--partner",
+            "acme",
+            "--data-shards",
+            k,
+            "--parity-shards",
+            m,
+            "--spare-shards",
+            "0",
+            "--segment-size",
+            "256KiB",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// A new client buys `content` through `cm` and downloads it; the output must equal `file`.
+fn buy_and_download(p: &Processes, cm: &str, content: &str, file: &Path, name: &str) {
+    let key = p.path(&format!("{name}.key"));
+    let client = run_ok("ccds-client", &["keygen", "--out", key.to_str().unwrap()]);
+    let ticket = p.path(&format!("{name}.ticket"));
+    run_ok(
+        "cm-coordinator",
+        &[
+            "ticket",
+            "--data-dir",
+            cm,
+            "--partner",
+            "acme",
+            "--content",
+            content,
+            "--client",
+            &client,
+            "--expires",
+            "1h",
+            "--out",
+            ticket.to_str().unwrap(),
+        ],
+    );
+    let out = p.path(&format!("{name}.out"));
+    run_ok(
+        "ccds-client",
+        &[
+            "get",
+            "--json",
+            "--no-progress",
+            "--key",
+            key.to_str().unwrap(),
+            "--ticket",
+            ticket.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(file_hash(&out), file_hash(file), "{name}: byte-identical");
+}
+
 /// The newest receipt per ticket in a node's receipt log: what the client signed for it.
 fn receipts(node_dir: &Path) -> BTreeMap<[u8; 16], Receipt> {
     let log = std::fs::read_to_string(node_dir.join("receipts.jsonl")).unwrap_or_default();
@@ -203,7 +348,7 @@ fn reconcile_at_once(cms: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
+fn two_coordinators_on_one_postgres_database_serve_one_collective() {
     let Some(db) = Database::create() else {
         return;
     };
@@ -234,12 +379,17 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
     copy_dir(Path::new(a), Path::new(b));
     let conf = p.path("cm.toml");
     std::fs::write(&conf, PAY).unwrap();
-    let mut addrs = Vec::new();
-    for cm in [a, b] {
-        let log = format!(
-            "{}.log",
-            Path::new(cm).file_name().unwrap().to_str().unwrap()
-        );
+    // `b` restarts on the same address: its nodes find it again.
+    let b_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_listen = format!("/ip4/127.0.0.1/udp/{b_port}/quic-v1");
+    let start_cm = |p: &mut Processes, cm: &str, listen: &str| -> String {
+        let name = Path::new(cm).file_name().unwrap().to_str().unwrap();
+        let addr_file = Path::new(cm).join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
         p.spawn(
             "cm-coordinator",
             &[
@@ -250,34 +400,30 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
                 url,
                 "--config",
                 conf.to_str().unwrap(),
+                "--listen",
+                listen,
                 "--audit-interval",
                 "0s",
-                // Each coordinator knows only its own nodes online: no repair in this test.
+                "--cluster-interval",
+                "1s",
+                "--coordinator-timeout",
+                "3s",
                 "--repair-delay",
-                "1h",
+                "3s",
+                "--repair-interval",
+                "1s",
             ],
-            &log,
+            name,
         );
-        let addr_file = Path::new(cm).join("coordinator.addr");
         wait_for("a coordinator address", Duration::from_secs(30), || {
             addr_file.exists()
         });
-        addrs.push(
-            std::fs::read_to_string(addr_file)
-                .unwrap()
-                .trim()
-                .to_string(),
-        );
-    }
-    assert_eq!(
-        addrs[0].rsplit('/').next(),
-        addrs[1].rsplit('/').next(),
-        "one CM identity"
-    );
-
-    // Nodes 0-2 join `a`, 3-5 join `b`, each behind its own /24.
-    let mut nodes = Vec::new();
-    for i in 0..2 * PER_CM {
+        std::fs::read_to_string(addr_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let start_node = |p: &mut Processes, i: usize, cm_addr: &str| -> (PathBuf, String) {
         let dir = p.path(&format!("node{i}"));
         let d = dir.to_str().unwrap().to_string();
         let id = run_ok(
@@ -287,11 +433,12 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
                 "--data-dir",
                 &d,
                 "--coordinator",
-                &addrs[i / PER_CM],
+                cm_addr,
                 "--quota",
                 "1GiB",
             ],
         );
+        // Each behind its own /24: fragments of a segment may go to any of them.
         let listen = format!("/ip4/127.0.{}.1/udp/0/quic-v1", i + 1);
         p.spawn(
             "ccds-node",
@@ -306,99 +453,88 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
                 "--listen",
                 &listen,
             ],
-            &format!("node{i}.log"),
+            &format!("node{i}"),
         );
         let ready = dir.join("node.addr");
         wait_for("a node to join", Duration::from_secs(30), || ready.exists());
-        nodes.push((dir, id));
-    }
-    for cm in [a, b] {
-        wait_for("nodes online", Duration::from_secs(30), || {
-            json("cm-coordinator", &["nodes", "--data-dir", cm, "--json"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["online"] == true)
-                .count()
-                >= PER_CM
+        (dir, id)
+    };
+    let wait_online = |cm: &str, ids: &[String]| {
+        wait_for("nodes online", Duration::from_secs(60), || {
+            let on = online(cm);
+            ids.iter().all(|id| on.contains(id))
         });
-    }
-    // Both list every registered node: the registry of nodes is shared.
-    for cm in [a, b] {
-        let listed = json("cm-coordinator", &["nodes", "--data-dir", cm, "--json"]);
-        assert_eq!(listed.as_array().unwrap().len(), 2 * PER_CM, "{listed}");
-    }
+    };
 
-    // A content published through each coordinator, downloaded by a client through each.
-    for (n, cm) in [a, b].into_iter().enumerate() {
-        let file = p.path(&format!("film{n}.bin"));
-        let mut bytes = vec![0u8; 1_500_000];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 + n as u64;
-        for chunk in bytes.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        std::fs::write(&file, &bytes).unwrap();
-        let content = run_ok(
-            "cm-coordinator",
-            &[
-                "publish",
-                "--data-dir",
-                cm,
-                "--partner",
-                "acme",
-                "--data-shards",
-                "2",
-                "--parity-shards",
-                "1",
-                "--spare-shards",
-                "0",
-                "--segment-size",
-                "256KiB",
-                file.to_str().unwrap(),
-            ],
-        );
-        let key = p.path(&format!("client{n}.key"));
-        let client = run_ok("ccds-client", &["keygen", "--out", key.to_str().unwrap()]);
-        let ticket = p.path(&format!("client{n}.ticket"));
-        run_ok(
-            "cm-coordinator",
-            &[
-                "ticket",
-                "--data-dir",
-                cm,
-                "--partner",
-                "acme",
-                "--content",
-                &content,
-                "--client",
-                &client,
-                "--expires",
-                "1h",
-                "--out",
-                ticket.to_str().unwrap(),
-            ],
-        );
-        let out = p.path(&format!("film{n}.out"));
-        run_ok(
-            "ccds-client",
-            &[
-                "get",
-                "--json",
-                "--no-progress",
-                "--key",
-                key.to_str().unwrap(),
-                "--ticket",
-                ticket.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(file_hash(&out), file_hash(&file));
+    // `a` and its nodes 0-2; a film published through `a` lies on them alone.
+    let a_addr = start_cm(&mut p, a, "/ip4/127.0.0.1/udp/0/quic-v1");
+    let mut nodes: Vec<(PathBuf, String)> = Vec::new();
+    for i in 0..PER_CM {
+        nodes.push(start_node(&mut p, i, &a_addr));
     }
-    // Every node's receipts reported (each to its own coordinator).
+    let ids: Vec<String> = nodes.iter().map(|(_, id)| id.clone()).collect();
+    wait_online(a, &ids);
+    let film_a = p.path("film_a.bin");
+    make_file(&film_a, 1_500_000, 1);
+    let content_a = publish(a, &film_a, "2", "1");
+
+    // `b` and its nodes 3-5. Both see all six online: each its own, and the other's.
+    let b_addr = start_cm(&mut p, b, &b_listen);
+    assert_eq!(
+        a_addr.rsplit('/').next(),
+        b_addr.rsplit('/').next(),
+        "one CM identity"
+    );
+    for i in PER_CM..2 * PER_CM {
+        nodes.push(start_node(&mut p, i, &b_addr));
+    }
+    let ids: Vec<String> = nodes.iter().map(|(_, id)| id.clone()).collect();
+    for cm in [a, b] {
+        wait_online(cm, &ids);
+    }
+    let cluster = json("cm-coordinator", &["cluster", "--data-dir", b, "--json"]);
+    assert_eq!(cluster["nodes_online_here"], PER_CM, "{cluster}");
+    assert_eq!(cluster["nodes_online_elsewhere"], PER_CM, "{cluster}");
+    let alive = cluster["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["alive"] == true)
+        .count();
+    assert_eq!(alive, 2, "{cluster}");
+    let leaders: Vec<bool> = [a, b]
+        .iter()
+        .map(|cm| {
+            json("cm-coordinator", &["cluster", "--data-dir", cm, "--json"])["leader"] == true
+        })
+        .collect();
+    assert_eq!(
+        leaders.iter().filter(|&&l| l).count(),
+        1,
+        "one runs repairs and audits: {leaders:?}"
+    );
+
+    // A client of `b` downloads the film that lies on `a`'s nodes only.
+    buy_and_download(&p, b, &content_a, &film_a, "client_b");
+
+    // A publish through `b` with six fragments per segment needs all six nodes: `a`'s too.
+    let before = fragments(a);
+    let film_b = p.path("film_b.bin");
+    make_file(&film_b, 1_500_000, 2);
+    let content_b = publish(b, &film_b, "3", "3");
+    let after = fragments(a);
+    let segments = 1_500_000u64.div_ceil(256 * 1024);
+    for id in &ids {
+        assert_eq!(
+            after[id] - before[id],
+            segments,
+            "node {id}: a fragment per segment"
+        );
+    }
+    // … and a client of `a` downloads it.
+    buy_and_download(&p, a, &content_b, &film_b, "client_a");
+
+    // Every node's receipts reported (to either coordinator).
     let since = now_secs() + 1;
     for (dir, _) in &nodes {
         wait_for("a node report", Duration::from_secs(30), || {
@@ -426,7 +562,11 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
     let serving = served.iter().filter(|&&s| s > 0).count() as u64;
     assert!(serving >= 4, "both contents were served: {served:?}");
     let claims: u64 = runs.iter().map(|r| r["claims"].as_u64().unwrap()).sum();
-    assert_eq!(claims, serving, "each claim reconciled once: {runs:?}");
+    let tickets: u64 = nodes
+        .iter()
+        .map(|(dir, _)| receipts(dir).len() as u64)
+        .sum();
+    assert_eq!(claims, tickets, "each claim reconciled once: {runs:?}");
     for r in &runs {
         assert_eq!(r["conflict"], 0, "{r}");
     }
@@ -451,14 +591,29 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
     let ledger = json("cm-coordinator", &["ledger", "--data-dir", b, "--json"]);
     assert_eq!(ledger["sum"], 0, "double entry: {ledger}");
 
+    // `b` crashes and restarts: `a`'s nodes stay online throughout, in one unbroken session
+    // each (their heartbeats reach either coordinator); `b`'s nodes join it again.
+    p.stop("b", false);
+    std::thread::sleep(Duration::from_secs(2));
+    for id in &ids[..PER_CM] {
+        assert!(online(a).contains(id), "{id} stays online at a");
+    }
+    start_cm(&mut p, b, &b_listen);
+    for cm in [a, b] {
+        wait_online(cm, &ids);
+    }
+    for id in &ids[..PER_CM] {
+        assert_eq!(
+            sessions(url, id),
+            (1, 1),
+            "node {id}: one session, still open"
+        );
+    }
+
     // One report delivered to both coordinators at once (node 0 speaks for itself, its daemon
     // stopped): one accepts it, the other refuses the replay; nothing is credited again.
     let (dir0, id0) = &nodes[0];
-    let daemon = &mut p.children[2];
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
+    p.stop("node0", true);
     let me = adversary::identity(&dir0.join("node.key"));
     let seq = json(
         "cm-coordinator",
@@ -489,8 +644,9 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
         sessions: vec![],
         upload_bps: 0,
     };
+    let cm_addrs = [a_addr.clone(), b_addr.clone()];
     let answers: Vec<ControlResponse> = std::thread::scope(|s| {
-        let sent: Vec<_> = addrs
+        let sent: Vec<_> = cm_addrs
             .iter()
             .map(|addr| {
                 let (me, body) = (&me, body.clone());
@@ -514,4 +670,31 @@ fn two_coordinators_on_one_postgres_database_credit_every_receipt_once() {
     for cm in [a, b] {
         assert_eq!(earnings(cm, id0), expected[0], "node 0 credited once");
     }
+
+    // Node 0 left: `a`'s film lost a fragment of every segment, and only its parity is gone.
+    // The lease holder rebuilds each lost fragment once, on `b`'s nodes (the only ones without
+    // one), and both coordinators see the film whole again.
+    for cm in [a, b] {
+        wait_for("the film repaired", Duration::from_secs(90), || {
+            !online(cm).contains(id0)
+                && json(
+                    "cm-coordinator",
+                    &["content", "show", &content_a, "--data-dir", cm, "--json"],
+                )["min_live_fragments"]
+                    == 3
+        });
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for cm in [a, b] {
+        let show = json(
+            "cm-coordinator",
+            &["content", "show", &content_a, "--data-dir", cm, "--json"],
+        );
+        assert_eq!(
+            show["repaired_fragments"], segments,
+            "each rebuilt once: {show}"
+        );
+    }
+    // A client of `b` downloads it from what is left (two of `a`'s nodes, and `b`'s).
+    buy_and_download(&p, b, &content_a, &film_a, "client_after_repair");
 }

@@ -51,6 +51,8 @@ pub enum AdminRequest {
     },
     /// Liveness counters.
     Liveness,
+    /// The coordinators sharing the database, and which runs repairs and audits.
+    Cluster,
     /// A content's layout and health.
     Content {
         id: String,
@@ -226,6 +228,7 @@ impl ApiClient {
             AdminRequest::Reports => self.get("/reports").await,
             AdminRequest::Repairs => self.get("/repairs").await,
             AdminRequest::Liveness => self.get("/liveness").await,
+            AdminRequest::Cluster => self.get("/cluster").await,
             AdminRequest::Ledger => self.get("/ledger").await,
             AdminRequest::Content { id } => self.get(&format!("/contents/{id}")).await,
             AdminRequest::NodeShow { id } => self.get(&format!("/nodes/{id}")).await,

@@ -99,6 +99,11 @@ pub async fn driver(coord: std::sync::Arc<crate::server::Coordinator>, timeout: 
     const BATCH: usize = 32;
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCH));
     loop {
+        // With several coordinators on one database, the maintenance lease holder audits.
+        if !coord.cluster.is_leader() {
+            tokio::time::sleep(coord.cluster.config().interval).await;
+            continue;
+        }
         let now = overlay::time::now_secs();
         let tasks = coord.auditor.lock().unwrap_or_else(|p| p.into_inner()).due(
             now,

@@ -36,6 +36,26 @@ impl DataDir {
         self.root.join("coordinator.addr")
     }
 
+    /// This coordinator's name among those sharing a database: read from `DIR/instance.id`,
+    /// created (random) on first use. A data directory copied to start a second coordinator
+    /// must not carry this file along; `run` refuses to share one with a running process.
+    pub fn instance_id(&self) -> std::io::Result<String> {
+        let path = self.root.join("instance.id");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Ok(_) => Err(std::io::Error::other(format!(
+                "{} is empty",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = hex::encode(rand::random::<[u8; 8]>());
+                overlay::store::write_atomic(&path, format!("{id}\n").as_bytes(), false)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Written by `run --http` once listening: the HTTP API's socket address.
     pub fn http_addr_file(&self) -> PathBuf {
         self.root.join("http.addr")

@@ -26,12 +26,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, PgPool, Row, SqlitePool};
 
 mod accounting;
+mod cluster;
 mod tokens;
 mod views;
 pub use accounting::{
     AccountingLock, AuditRow, ClaimRow, DirtyTicket, Ingested, LedgerRow, NewEntry, NewVerdict,
     NodeLedger, PlacementRow, ReceiptRow, RunWrites, SaleRow, StateTable, VerdictRow, accounts,
 };
+pub use cluster::{CoordinatorRow, OpenSession, PlacementChange};
 pub use tokens::TokenRow;
 pub use views::{ContentSummary, PayoutRow};
 #[cfg(test)]
@@ -380,6 +382,7 @@ impl Db {
     pub async fn node_joined(
         &self,
         id: &PeerId,
+        coordinator: &str,
         addrs: &[String],
         quota: u64,
         used: u64,
@@ -398,11 +401,14 @@ impl Db {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO node_sessions (node, started_at) VALUES ($1, $2)")
-                .bind(id.to_string())
-                .bind(now as i64)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO node_sessions (node, started_at, coordinator) VALUES ($1, $2, $3)",
+            )
+            .bind(id.to_string())
+            .bind(now as i64)
+            .bind(coordinator)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -427,19 +433,6 @@ impl Db {
             let mut tx = pool.begin_with(sql.begin_write).await?;
             close_sessions!(tx, id, now, reason)?;
             tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    /// Ends every open session (at coordinator start: liveness restarts from scratch).
-    pub async fn close_all_sessions(&self, now: u64) -> Result<(), DbError> {
-        on_pool!(self, |pool, sql| {
-            sqlx::query(
-            "UPDATE node_sessions SET ended_at = $1, end_reason = 'coordinator restart' WHERE ended_at IS NULL",
-        )
-        .bind(now as i64)
-        .execute(pool)
-        .await?;
             Ok(())
         })
     }
@@ -1063,7 +1056,7 @@ mod tests {
         assert_eq!(serial, 1);
         db.register_node(&node, serial, 10).await.unwrap();
         assert!(db.is_node(&node).await.unwrap());
-        db.node_joined(&node, &["/ip4/127.0.0.1/udp/1/quic-v1".into()], 1000, 0, 11)
+        db.node_joined(&node, "test", &["/ip4/127.0.0.1/udp/1/quic-v1".into()], 1000, 0, 11)
             .await
             .unwrap();
         assert!(

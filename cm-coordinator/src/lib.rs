@@ -40,6 +40,7 @@ pub mod admin;
 pub mod audit;
 pub mod auditor;
 pub mod auth;
+pub mod cluster;
 pub mod datadir;
 pub mod db;
 pub mod history;

@@ -184,6 +184,13 @@ impl Liveness {
         }
     }
 
+    /// Stops watching `node` without declaring it offline: another coordinator sharing the
+    /// database watches it now (it joined there), or one closed its session. True if it was
+    /// watched here.
+    pub fn forget(&mut self, node: &PeerId) -> bool {
+        self.remove(node)
+    }
+
     /// Feeds one event.
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
@@ -312,6 +319,21 @@ mod tests {
             drain(&mut l, t0),
             vec![Action::Offline(a, OfflineReason::Left)]
         );
+    }
+
+    #[test]
+    fn a_forgotten_node_is_neither_checked_nor_declared_offline() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(config());
+        let a = peer();
+        l.handle(Event::Joined(a), t0);
+        l.handle(Event::Unreachable(a), t0);
+        assert_eq!(drain(&mut l, t0), vec![Action::Probe(a)]);
+        assert!(l.forget(&a));
+        assert!(!l.forget(&a));
+        l.handle(Event::ProbeFailed(a), t0 + Duration::from_millis(10));
+        assert_eq!(drain(&mut l, t0 + Duration::from_secs(3600)), vec![]);
+        assert!(!l.is_online(&a));
     }
 
     #[test]

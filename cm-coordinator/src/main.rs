@@ -196,6 +196,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The coordinators sharing this database, and which one runs repairs and audits.
+    Cluster {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fragments rebuilt by repair or added for demand, with the traffic they cost.
     Repairs {
         #[arg(long)]
@@ -350,6 +357,16 @@ struct RunSettings {
     #[arg(long, env = "CCDS_CM_PROBE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     probe_interval: Option<Duration>,
+    /// With several coordinators on one database: how often each reads the others' nodes,
+    /// placements and the maintenance lease [default: 5s].
+    #[arg(long, env = "CCDS_CM_CLUSTER_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    cluster_interval: Option<Duration>,
+    /// A coordinator silent this long is gone: the others close its nodes' sessions and take
+    /// over repairs and audits [default: 30s, at least three cluster intervals].
+    #[arg(long, env = "CCDS_CM_COORDINATOR_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    coordinator_timeout: Option<Duration>,
     /// Failed probes before a node is marked offline [default: 3].
     #[arg(long, env = "CCDS_CM_PROBE_ATTEMPTS")]
     probe_attempts: Option<u32>,
@@ -511,6 +528,20 @@ impl RunSettings {
             },
             repair,
             rebuild,
+            cluster: {
+                let defaults = cm_coordinator::cluster::ClusterConfig::default();
+                cm_coordinator::cluster::ClusterConfig {
+                    interval: self
+                        .cluster_interval
+                        .or(file.cluster_interval)
+                        .unwrap_or(defaults.interval)
+                        .max(Duration::from_millis(100)),
+                    coordinator_timeout: self
+                        .coordinator_timeout
+                        .or(file.coordinator_timeout)
+                        .unwrap_or(defaults.coordinator_timeout),
+                }
+            },
         })
     }
 }
@@ -792,6 +823,32 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     c["target_fragments"],
                     c["min_live_fragments"],
                 );
+            }
+        }
+        Command::Cluster { data_dir, json } => {
+            let out = call(&data_dir, AdminRequest::Cluster).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let holder = out["maintenance_lease"]["holder"]
+                    .as_str()
+                    .unwrap_or("nobody");
+                println!(
+                    "this coordinator: {} ({} nodes online here, {} through others)",
+                    out["instance"].as_str().unwrap_or("?"),
+                    out["nodes_online_here"],
+                    out["nodes_online_elsewhere"],
+                );
+                println!("repairs and audits: {holder}");
+                for c in out["coordinators"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<18} {:<8} {:<50} {}",
+                        c["instance"].as_str().unwrap_or("?"),
+                        if c["alive"] == true { "alive" } else { "gone" },
+                        c["addr"].as_str().unwrap_or(""),
+                        c["http"].as_str().unwrap_or(""),
+                    );
+                }
             }
         }
         Command::Repairs { data_dir, json } => {

@@ -159,6 +159,10 @@ pub async fn driver(coord: Arc<Coordinator>, config: RebuildConfig) {
         if let Err(e) = update_demand(&coord, &config).await {
             error!(error = %e, "cannot compute demand");
         }
+        // With several coordinators on one database, the maintenance lease holder repairs.
+        if !coord.cluster.is_leader() {
+            continue;
+        }
         let free = slots.available_permits();
         let check = coord.repair().check_top(Instant::now(), free);
         for s in check.surplus {
@@ -416,6 +420,40 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
             anyhow::anyhow!("fragment {i} of segment {segment} is not in the manifest")
         })
     };
+    // New holders, chosen before any fragment is fetched (repair traffic is paid for): never a
+    // node or network already holding a fragment of this segment.
+    let avoid_nodes = {
+        let repair = coord.repair();
+        let missing: HashSet<u16> = job.missing.iter().copied().collect();
+        let mut avoid = HashSet::new();
+        for i in 0..m.shards() as u16 {
+            if missing.contains(&i) {
+                continue;
+            }
+            if let Some(n) = repair.holder(&job.content, segment, i) {
+                avoid.insert(n);
+            }
+        }
+        avoid
+    };
+    let candidates = coord.candidates(len as u64).await?;
+    let avoid_subnets: HashSet<Subnet> = avoid_nodes
+        .iter()
+        .filter_map(|n| coord.subnet_of(n))
+        .collect();
+    let pool: Vec<WeightedCandidate> = candidates
+        .into_iter()
+        .filter(|c| {
+            let shared = coord.placement.distinct_subnets && avoid_subnets.contains(&c.subnet);
+            !avoid_nodes.contains(&c.node) && !shared
+        })
+        .collect();
+    let Some((chosen, plan)) = SegmentPlan::new(&pool, job.missing.len(), coord.placement) else {
+        anyhow::bail!(
+            "no {} online nodes on networks not already holding segment {segment}",
+            job.missing.len()
+        );
+    };
     let ticket = repair_ticket(coord, job.content, &meta, (2 * k * len) as u64).await?;
 
     // Fetch k fragments, k at a time, moving on to other holders after a failure.
@@ -492,39 +530,6 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
         fragments.push((i, Bytes::from(data)));
     }
 
-    // New holders: never a node or network already holding a fragment of this segment.
-    let avoid_nodes = {
-        let repair = coord.repair();
-        let missing: HashSet<u16> = job.missing.iter().copied().collect();
-        let mut avoid = HashSet::new();
-        for i in 0..m.shards() as u16 {
-            if missing.contains(&i) {
-                continue;
-            }
-            if let Some(n) = repair.holder(&job.content, segment, i) {
-                avoid.insert(n);
-            }
-        }
-        avoid
-    };
-    let candidates = coord.candidates(len as u64).await?;
-    let avoid_subnets: HashSet<Subnet> = avoid_nodes
-        .iter()
-        .filter_map(|n| coord.subnet_of(n))
-        .collect();
-    let pool: Vec<WeightedCandidate> = candidates
-        .into_iter()
-        .filter(|c| {
-            let shared = coord.placement.distinct_subnets && avoid_subnets.contains(&c.subnet);
-            !avoid_nodes.contains(&c.node) && !shared
-        })
-        .collect();
-    let Some((chosen, plan)) = SegmentPlan::new(&pool, fragments.len(), coord.placement) else {
-        anyhow::bail!(
-            "no {} online nodes on networks not already holding segment {segment}",
-            fragments.len()
-        );
-    };
     let plan = std::sync::Mutex::new(plan);
     let pushes = fragments.iter().zip(chosen).map(|((index, data), first)| {
         let plan = &plan;

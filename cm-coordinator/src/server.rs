@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub accounting: crate::accounting::AccountingConfig,
     /// Reconciliation and audit timers.
     pub timers: crate::accounting::AccountingTimers,
+    /// How coordinators sharing the database follow each other.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// A running coordinator's shared state.
@@ -97,6 +99,8 @@ pub struct Coordinator {
     pub reconciling: tokio::sync::Mutex<()>,
     /// When each node is audited next, containment of timed-out audits, audit scores.
     pub auditor: std::sync::Mutex<crate::audit::Auditor>,
+    /// This process among the coordinators sharing the database.
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// Memory for node reports being read at once: four of the largest.
@@ -111,7 +115,9 @@ pub async fn run(
     let root = dir.load_root()?;
     let db = Db::open(config.database_url.as_deref(), &dir.database()).await?;
     info!(engine = db.engine(), "database open");
-    db.close_all_sessions(now_secs()).await?;
+    let instance = dir
+        .instance_id()
+        .map_err(|e| anyhow::anyhow!("cannot read this coordinator's instance id: {e}"))?;
     // One coordinator per data directory: the lock is held until the process ends.
     let lock_path = dir.root().join("coordinator.lock");
     let lock = std::fs::OpenOptions::new()
@@ -149,8 +155,23 @@ pub async fn run(
         accounting: config.accounting.clone(),
         reconciling: tokio::sync::Mutex::new(()),
         auditor: std::sync::Mutex::new(crate::audit::Auditor::new(config.timers.audit.clone())),
+        cluster: crate::cluster::Cluster::new(instance, config.cluster.clone()),
     });
     crate::rebuild::load(&coord).await?;
+    crate::admin::ensure_operator_token(&coord).await?;
+    let http = config
+        .http
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bound = crate::http::serve(coord.clone(), http).await?;
+    // Before any node joins: sessions left open by an earlier run are closed now.
+    let follower = crate::cluster::start(&coord, &bound.to_string()).await?;
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn({
+        let coord = coord.clone();
+        async move {
+            let _ = fatal_tx.send(crate::cluster::driver(coord, follower).await);
+        }
+    });
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
     tokio::spawn(liveness_driver(coord.clone(), config.probe_timeout));
@@ -167,24 +188,23 @@ pub async fn run(
     if let Some(interval) = config.timers.reconcile_interval {
         tokio::spawn(crate::accounting::reconcile_loop(coord.clone(), interval));
     }
-    crate::admin::ensure_operator_token(&coord).await?;
-    let http = config
-        .http
-        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let bound = crate::http::serve(coord.clone(), http).await?;
     overlay::store::write_atomic(
         &dir.http_addr_file(),
         format!("{bound}\n").as_bytes(),
         false,
     )?;
     overlay::store::write_atomic(&dir.addr_file(), format!("{addr}\n").as_bytes(), false)?;
-    info!(%addr, "coordinator running");
-    shutdown.await;
+    info!(%addr, instance = %coord.cluster.instance, "coordinator running");
+    let fatal = tokio::select! {
+        () = shutdown => None,
+        Ok(e) = fatal_rx => Some(e),
+    };
     info!("shutting down");
+    crate::cluster::stop(&coord).await;
     let _ = std::fs::remove_file(dir.addr_file());
     let _ = std::fs::remove_file(dir.http_addr_file());
     drop(lock);
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 fn spawn_accept<F, Fut>(
@@ -294,7 +314,7 @@ async fn control(
             let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
             coord
                 .db
-                .node_joined(&peer, &shown, quota, used, now)
+                .node_joined(&peer, &coord.cluster.instance, &shown, quota, used, now)
                 .await?;
             coord
                 .db
@@ -317,6 +337,7 @@ async fn control(
                 addrs,
                 quota,
                 used,
+                joined: Instant::now(),
                 last_seen: Instant::now(),
             });
             coord.liveness_event(Event::Joined(peer));
@@ -327,17 +348,20 @@ async fn control(
             ControlResponse::Ok
         }
         ControlRequest::Heartbeat { used, upload_bps } => {
-            if !coord.registry.seen(&peer, used, Instant::now()) {
+            if coord.registry.seen(&peer, used, Instant::now()) {
+                coord.liveness_event(Event::Heartbeat(peer));
+            } else if !online_elsewhere(coord, &peer).await? {
                 return Ok(ControlResponse::Error("not joined; join again".into()));
             }
-            coord.liveness_event(Event::Heartbeat(peer));
             coord.db.node_seen(&peer, used, now).await?;
             coord.db.node_measures(&peer, None, upload_bps).await?;
             ControlResponse::Ok
         }
         ControlRequest::Leave => {
             coord.liveness_event(Event::Left(peer));
-            if coord.registry.leave(&peer) {
+            // A node that joined through another coordinator may say leave here: its session
+            // is closed all the same, and that coordinator follows.
+            if coord.registry.leave(&peer) || coord.registry.remote_left(&peer) {
                 coord.repair().offline(peer, Instant::now());
                 coord.repair_wake.notify_one();
                 coord.db.node_left(&peer, now, "leave").await?;
@@ -397,6 +421,22 @@ async fn control(
             ControlResponse::Account(crate::accounting::account_view(coord, &peer).await?)
         }
     })
+}
+
+/// Whether `node`, not on this coordinator's active list, is online through another coordinator
+/// sharing the database: its heartbeat may reach either (nodes reach the CM over any connection
+/// to its identity), and it stays with the one it joined through.
+async fn online_elsewhere(coord: &Coordinator, node: &PeerId) -> anyhow::Result<bool> {
+    if coord.registry.is_online(node) {
+        return Ok(true);
+    }
+    // Joined elsewhere since this coordinator last read the sessions.
+    Ok(coord
+        .db
+        .session_owner(node)
+        .await?
+        .flatten()
+        .is_some_and(|owner| owner != coord.cluster.instance))
 }
 
 async fn handle_client(coord: Arc<Coordinator>, peer: PeerId, mut stream: Stream) {
@@ -741,6 +781,38 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             Ok(
                 serde_json::json!({ "content": content.to_string(), "level": level, "until": now + for_secs }),
             )
+        }
+        AdminRequest::Cluster => {
+            let now = now_secs() as i64;
+            let alive_since = now - coord.cluster.config().coordinator_timeout.as_secs() as i64;
+            let lease = coord.db.lease(crate::cluster::MAINTENANCE).await?;
+            let (local, remote) = coord.registry.counts();
+            let coordinators: Vec<serde_json::Value> = coord
+                .db
+                .coordinators()
+                .await?
+                .into_iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "instance": c.instance,
+                        "addr": c.addr,
+                        "http": c.http,
+                        "started_at": c.started_at,
+                        "heartbeat_at": c.heartbeat_at,
+                        "alive": c.heartbeat_at >= alive_since,
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({
+                "instance": coord.cluster.instance,
+                "leader": coord.cluster.is_leader(),
+                "maintenance_lease": lease.map(|(holder, until)| {
+                    serde_json::json!({ "holder": holder, "expires_at": until })
+                }),
+                "nodes_online_here": local,
+                "nodes_online_elsewhere": remote,
+                "coordinators": coordinators,
+            }))
         }
         AdminRequest::Liveness => {
             let liveness = coord.liveness.lock().unwrap_or_else(|p| p.into_inner());

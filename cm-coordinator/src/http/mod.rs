@@ -57,6 +57,7 @@ pub fn router(coord: Arc<Coordinator>) -> Router {
         .route("/contents/{id}", get(operator::content))
         .route("/reports", get(operator::reports))
         .route("/liveness", get(operator::liveness))
+        .route("/cluster", get(operator::cluster))
         .route("/repairs", get(operator::repairs))
         .route("/verdicts", get(operator::verdicts))
         .route("/ledger", get(operator::ledger))

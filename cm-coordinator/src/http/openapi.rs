@@ -27,6 +27,7 @@ use super::{operator, partner};
         operator::content,
         operator::reports,
         operator::liveness,
+        operator::cluster,
         operator::repairs,
         operator::verdicts,
         operator::ledger,

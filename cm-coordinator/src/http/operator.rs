@@ -252,6 +252,17 @@ pub async fn liveness(State(coord): State<Arc<Coordinator>>, Caller(grant): Call
     Ok(Json(admin(&coord, AdminRequest::Liveness).await?))
 }
 
+/// The coordinators sharing this database: each one's addresses and heartbeat, which holds the
+/// maintenance lease (runs repairs and audits), and the nodes online through this one and
+/// through the others.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "operator",
+    responses((status = 200, body = serde_json::Value)),
+    security(("token" = ["operator:read"])))]
+pub async fn cluster(State(coord): State<Arc<Coordinator>>, Caller(grant): Caller) -> ApiResult {
+    grant.require(Scope::OperatorRead)?;
+    Ok(Json(admin(&coord, AdminRequest::Cluster).await?))
+}
+
 /// Fragments rebuilt by repair or added for demand, with their traffic.
 #[utoipa::path(get, path = "/api/v1/repairs", tag = "operator",
     responses((status = 200, body = serde_json::Value)),
