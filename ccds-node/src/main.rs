@@ -105,9 +105,18 @@ struct RunArgs {
     /// Distinct clients served at once; one more is refused as busy [default: 64].
     #[arg(long, env = "CCDS_NODE_MAX_CLIENTS")]
     max_clients: Option<usize>,
-    /// Join only while the host is idle enough (measured from /proc/stat), leave when not.
-    #[arg(long, env = "CCDS_NODE_IDLE_GATING")]
-    idle_gating: bool,
+    /// Join only while the host is idle enough (measured from /proc/stat), leave when not;
+    /// `--idle-gating=false` turns it off even where the config file turns it on
+    /// [default: false].
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "CCDS_NODE_IDLE_GATING",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    idle_gating: Option<bool>,
     /// Percent of CPU time idle over the window at which the node joins [default: 80].
     #[arg(long, value_name = "PERCENT", env = "CCDS_NODE_IDLE_MIN_PERCENT")]
     idle_min_percent: Option<f64>,
@@ -147,7 +156,7 @@ impl RunArgs {
             }
         });
         let idle = IdleFileConfig {
-            enabled: self.idle_gating.then_some(true),
+            enabled: self.idle_gating,
             min_idle_percent: self.idle_min_percent,
             hysteresis_percent: self.idle_hysteresis,
             window: self.idle_window,
@@ -290,4 +299,36 @@ fn one_line(error: &anyhow::Error) -> String {
         }
     }
     line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `ccds-node run ARGS` gates on idleness when the config file says `file`.
+    fn gates(file: &str, args: &[&str]) -> bool {
+        let argv = ["ccds-node", "run", "--data-dir", "/n"].iter().chain(args);
+        let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("parsed a run command")
+        };
+        let file = RunConfig::parse(file).unwrap();
+        let options = file.overridden_by(run.overrides().unwrap());
+        options.into_options().unwrap().idle.is_some()
+    }
+
+    #[test]
+    fn the_command_line_turns_idle_gating_on_and_off_over_the_file() {
+        let (on, off) = ("[idle]\nenabled = true\n", "[idle]\nenabled = false\n");
+        assert!(!gates("", &[]));
+        assert!(gates(on, &[]));
+        assert!(!gates(off, &[]));
+        for flag in ["--idle-gating", "--idle-gating=true"] {
+            assert!(gates(off, &[flag]), "{flag}");
+            assert!(gates("", &[flag]), "{flag}");
+        }
+        assert!(!gates(on, &["--idle-gating=false"]));
+        // A value only after `=`: `--idle-gating false` leaves a stray argument.
+        let stray = Cli::try_parse_from(["ccds-node", "run", "--idle-gating", "false"]);
+        assert!(stray.is_err());
+    }
 }

@@ -327,3 +327,66 @@ fn run_reads_its_config_file_and_flags_and_variables_override_it() {
     let line = one_error_line(&run(&["--config", config_arg], &[]));
     assert!(line.contains("CCDS_NODE_DATA_DIR"), "{line}");
 }
+
+#[test]
+fn a_flag_or_variable_turns_idle_gating_off_or_on_whatever_the_file_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("node.toml");
+    let config_arg = config.to_str().unwrap();
+    // An impossible threshold is refused only when gating is on; with it off the run gets as far
+    // as the data directory, which was never initialised.
+    let error = |enabled: bool, args: &[&str], env: &[(&str, &str)]| {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\n[idle]\nenabled = {enabled}\nmin_idle_percent = 120\n",
+                tmp.path().join("missing").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["run", "--config", config_arg])
+            .args(args)
+            .env_remove("CCDS_NODE_IDLE_GATING")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        one_error_line(&out)
+    };
+    let gated = |line: String| {
+        if line.contains("idle threshold") {
+            true
+        } else {
+            assert!(line.contains("ccds-node init"), "{line}");
+            false
+        }
+    };
+
+    assert!(gated(error(true, &[], &[])));
+    assert!(!gated(error(true, &["--idle-gating=false"], &[])));
+    assert!(!gated(error(
+        true,
+        &[],
+        &[("CCDS_NODE_IDLE_GATING", "false")]
+    )));
+    // The flag wins over the variable, either way.
+    assert!(!gated(error(
+        true,
+        &["--idle-gating=false"],
+        &[("CCDS_NODE_IDLE_GATING", "true")]
+    )));
+
+    assert!(!gated(error(false, &[], &[])));
+    assert!(gated(error(false, &["--idle-gating"], &[])));
+    assert!(gated(error(
+        false,
+        &[],
+        &[("CCDS_NODE_IDLE_GATING", "true")]
+    )));
+    assert!(gated(error(
+        false,
+        &["--idle-gating"],
+        &[("CCDS_NODE_IDLE_GATING", "false")]
+    )));
+}
