@@ -251,6 +251,23 @@ fn dashboard_shows_the_collective_in_a_browser() {
         online_chart[..online_chart.find("</svg>").unwrap()].contains("data-last=\"3\""),
         "the online chart does not end at 3 nodes"
     );
+    // The one coordinator: alive, running repairs and audits, at its addresses.
+    let cluster = c.http_get("/api/v1/cluster").1;
+    let coordinators = rows(table(&dom, "coordinators-table"), "data-instance");
+    assert_eq!(coordinators.len(), 1, "{coordinators:?}");
+    let row = &coordinators[0];
+    let instance = cluster["instance"].as_str().unwrap();
+    assert_eq!(
+        cell_text(&row["Instance"]),
+        format!("{instance} (this one)")
+    );
+    assert_eq!(cell_text(&row["State"]), "alive");
+    assert_eq!(cell_text(&row["Repairs and audits"]), "runs them");
+    assert_eq!(
+        cell_text(&row["HTTP"]),
+        cluster["coordinators"][0]["http"].as_str().unwrap()
+    );
+    assert_eq!(cell_text(&row["HTTP"]), c.http_addr());
     // Nodes: every node, online.
     let nodes = table(&dom, "nodes-table");
     for node in &c.nodes {
