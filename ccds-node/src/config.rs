@@ -60,6 +60,11 @@ pub struct RunConfig {
     pub data_dir: Option<PathBuf>,
     /// The QUIC multiaddr to listen on [default: /ip4/127.0.0.1/udp/0/quic-v1].
     pub listen: Option<String>,
+    /// Addresses others reach this node at when they are not the listen address: a public
+    /// address whose port the router forwards here, a VM's forwarded host port, a container's
+    /// published port, e.g. "/ip4/203.0.113.7/udp/4001/quic-v1" [default: none].
+    #[serde(default)]
+    pub announce: Vec<String>,
     /// Time between heartbeats to the coordinator, e.g. "30s" [default: 30s].
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
@@ -123,6 +128,40 @@ pub struct StatusPageConfig {
     /// Loopback address and port, e.g. "127.0.0.1:8480"; port 0 picks one, which
     /// `ccds-node status` shows [default: 127.0.0.1:0].
     pub listen: Option<SocketAddr>,
+}
+
+/// An announced address: a QUIC multiaddr with a specific IP or DNS name and port, without a
+/// `/p2p/` suffix (the node's own ID is implied).
+fn parse_announce(text: &str) -> Result<Multiaddr, ConfigError> {
+    use overlay::multiaddr::Protocol;
+    let invalid = |reason: &str| ConfigError::Invalid {
+        what: "announce address",
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e: overlay::multiaddr::Error| invalid(&e.to_string()))?;
+    let parts: Vec<Protocol> = addr.iter().collect();
+    match parts.as_slice() {
+        [ip, Protocol::Udp(port), Protocol::QuicV1] => {
+            let unspecified = match ip {
+                Protocol::Ip4(a) => a.is_unspecified(),
+                Protocol::Ip6(a) => a.is_unspecified(),
+                Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => false,
+                _ => return Err(invalid("expected /ip4/…, /ip6/… or /dns…/ first")),
+            };
+            if unspecified || *port == 0 {
+                return Err(invalid(
+                    "others cannot dial an unspecified address or port 0",
+                ));
+            }
+            Ok(addr)
+        }
+        _ => Err(invalid(
+            "expected /ip4/A.B.C.D/udp/PORT/quic-v1 (or /ip6/…, without /p2p/…)",
+        )),
+    }
 }
 
 impl RunConfig {
@@ -189,6 +228,11 @@ impl RunConfig {
         RunConfig {
             data_dir: over.data_dir.or(self.data_dir),
             listen: over.listen.or(self.listen),
+            announce: if over.announce.is_empty() {
+                self.announce
+            } else {
+                over.announce
+            },
             heartbeat_interval: over.heartbeat_interval.or(self.heartbeat_interval),
             report_interval: over.report_interval.or(self.report_interval),
             quota: over.quota.or(self.quota),
@@ -211,6 +255,11 @@ impl RunConfig {
                 value: listen.to_string(),
                 reason: e.to_string(),
             })?;
+        options.announce = self
+            .announce
+            .iter()
+            .map(|a| parse_announce(a))
+            .collect::<Result<_, _>>()?;
         if let Some(every) = self.heartbeat_interval {
             options.heartbeat_interval = every;
         }
@@ -367,6 +416,38 @@ mod tests {
     }
 
     #[test]
+    fn announced_addresses_come_from_the_flags_or_else_the_file() {
+        let file = RunConfig::parse(
+            "data_dir = \"/n\"\nannounce = [\"/ip4/203.0.113.7/udp/4001/quic-v1\", \
+             \"/dns4/node.example.net/udp/4001/quic-v1\"]\n",
+        )
+        .unwrap();
+        let options = file
+            .clone()
+            .overridden_by(RunConfig::default())
+            .into_options()
+            .unwrap();
+        assert_eq!(options.announce.len(), 2);
+        assert_eq!(
+            options.announce[1].to_string(),
+            "/dns4/node.example.net/udp/4001/quic-v1"
+        );
+        let flags = RunConfig {
+            announce: vec!["/ip6/2001:db8::7/udp/4002/quic-v1".into()],
+            ..Default::default()
+        };
+        let options = file.overridden_by(flags).into_options().unwrap();
+        assert_eq!(
+            options.announce,
+            vec![
+                "/ip6/2001:db8::7/udp/4002/quic-v1"
+                    .parse::<Multiaddr>()
+                    .unwrap()
+            ]
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_reason() {
         let options = |text: &str| {
             RunConfig::parse(&format!("data_dir = \"/n\"\n{text}"))
@@ -392,6 +473,16 @@ mod tests {
         assert!(err.to_string().contains("threshold"), "{err}");
         let err = options("listen = \"nowhere\"").unwrap_err();
         assert!(err.to_string().contains("listen address"), "{err}");
+        for bad in [
+            "nowhere",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+            "/ip4/203.0.113.7/udp/0/quic-v1",
+            "/ip4/203.0.113.7/tcp/4001",
+            "/ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooWCbnfxmTA19TbsfTqeimhZJYsiEJbYfyb1HRU56wLmHAV",
+        ] {
+            let err = options(&format!("announce = [\"{bad}\"]")).unwrap_err();
+            assert!(err.to_string().contains("announce address"), "{bad}: {err}");
+        }
         assert!(RunConfig::parse("heartbeat_interval = \"soon\"\n").is_err());
     }
 }

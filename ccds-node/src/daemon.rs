@@ -72,6 +72,10 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// The QUIC multiaddr to listen on.
     pub listen: Multiaddr,
+    /// Addresses others reach this node at, announced before the listen addresses (a public
+    /// address forwarded to this one through NAT, a VM's host port, a container's published
+    /// port).
+    pub announce: Vec<Multiaddr>,
     /// Time between heartbeats to the CM.
     pub heartbeat_interval: Duration,
     /// Time between reports to the CM (one more is sent at shutdown).
@@ -109,6 +113,7 @@ impl RunOptions {
             listen: DEFAULT_LISTEN
                 .parse()
                 .expect("the default listen address is valid"),
+            announce: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT,
             report_interval: DEFAULT_REPORT_INTERVAL,
             cache_bytes: DEFAULT_CACHE_BYTES,
@@ -235,6 +240,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         coordinator: &coordinator,
         server: &server,
         quota,
+        announce: options.announce.clone(),
         boot_time: crate::host::boot_time(),
         interval: options.heartbeat_interval,
         report_interval: options.report_interval,
@@ -411,6 +417,8 @@ struct Session<'a> {
     coordinator: &'a Coordinator,
     server: &'a Server,
     quota: u64,
+    /// Announced addresses, before the listen addresses.
+    announce: Vec<Multiaddr>,
     /// When the host booted (Unix seconds, 0 if unknown), reported in every join.
     boot_time: u64,
     interval: Duration,
@@ -573,7 +581,11 @@ impl Session<'_> {
         let net = self.server.net();
         self.coordinator
             .join(
-                net.listen_addrs().to_vec(),
+                self.announce
+                    .iter()
+                    .chain(net.listen_addrs())
+                    .cloned()
+                    .collect(),
                 self.quota,
                 self.server.store().used(),
                 self.boot_time,

@@ -78,6 +78,17 @@ struct RunArgs {
     /// The QUIC multiaddr to listen on [default: /ip4/127.0.0.1/udp/0/quic-v1].
     #[arg(long, env = "CCDS_NODE_LISTEN")]
     listen: Option<String>,
+    /// An address others reach this node at when it is not the listen address (a public
+    /// address whose port the router forwards here, a VM's or container's host port), e.g.
+    /// /ip4/203.0.113.7/udp/4001/quic-v1; repeat for several (the variable separates them by
+    /// commas).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "CCDS_NODE_ANNOUNCE",
+        value_delimiter = ','
+    )]
+    announce: Vec<String>,
     /// Time between heartbeats to the coordinator, e.g. "30s" or "2m" [default: 30s].
     #[arg(long, env = "CCDS_NODE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -181,6 +192,7 @@ impl RunArgs {
         Ok(RunConfig {
             data_dir: self.data_dir,
             listen: self.listen,
+            announce: self.announce,
             heartbeat_interval: self.heartbeat_interval,
             report_interval: self.report_interval,
             quota: self.quota,

@@ -85,11 +85,14 @@ async fn registers_joins_heartbeats_rejoins_and_leaves() -> anyhow::Result<()> {
     assert!(!dir.addr().exists());
 
     // A restart reuses the stored certificate: the first request is a join. The quota the
-    // owner now sets (config file or flag) replaces the one from `init`, and the CM hears it.
+    // owner now sets (config file or flag) replaces the one from `init`, and the CM hears it,
+    // with the announced address (a router's forwarded port) before the listen address.
+    let announced: Multiaddr = "/ip4/203.0.113.7/udp/4001/quic-v1".parse()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let node = tokio::spawn(ccds_node::run(
         RunOptions {
             quota: Some(3 << 20),
+            announce: vec![announced.clone()],
             ..RunOptions::new(&data_dir)
         },
         async move {
@@ -98,7 +101,11 @@ async fn registers_joins_heartbeats_rejoins_and_leaves() -> anyhow::Result<()> {
     ));
     let (_, first) = next_request(&mut requests).await?;
     match first {
-        ControlRequest::Join { quota, .. } => assert_eq!(quota, 3 << 20),
+        ControlRequest::Join { quota, addrs, .. } => {
+            assert_eq!(quota, 3 << 20);
+            assert_eq!(addrs.first(), Some(&announced), "{addrs:?}");
+            assert!(addrs.len() >= 2, "the listen address follows: {addrs:?}");
+        }
         other => anyhow::bail!("expected a join, got {other:?}"),
     }
     assert_eq!(dir.load()?.1.quota, 3 << 20);

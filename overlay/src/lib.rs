@@ -34,4 +34,4 @@ pub mod ticket;
 pub mod time;
 
 pub use identity::{ContentId, Identity, Signed};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};

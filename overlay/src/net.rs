@@ -155,6 +155,25 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How long a listener on an unspecified address is given to report every interface's address.
+const UNSPECIFIED_SETTLE: Duration = Duration::from_millis(200);
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(a) => a.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(a) => a.is_unspecified(),
+        _ => false,
+    })
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(a) => a.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(a) => a.is_loopback(),
+        _ => false,
+    })
+}
+
 impl Net {
     /// Starts a swarm for `identity` listening on `listen` (QUIC multiaddrs; port 0 picks one),
     /// and returns once every listener has an address.
@@ -211,6 +230,25 @@ impl Net {
                 }
                 _ => {}
             }
+        }
+        // A listener on an unspecified address (0.0.0.0, ::) reports one address per network
+        // interface, all at once: take them all, not only the first (often loopback, which
+        // nobody else can dial), and put the others first.
+        if listen.iter().any(is_unspecified) {
+            let settle = tokio::time::sleep(UNSPECIFIED_SETTLE);
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    () = &mut settle => break,
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::NewListenAddr { address, .. } = event {
+                            addrs.push(address);
+                        }
+                    }
+                }
+            }
+            addrs.sort_by_key(is_loopback);
+            addrs.dedup();
         }
         let local = identity.peer_id();
         info!(peer = %local, addrs = ?addrs, "listening");
@@ -376,6 +414,37 @@ mod tests {
                     CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
                 ]
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unspecified_listener_reports_every_interface_routable_first() {
+        let any: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap();
+        let net = Net::start(&Identity::generate(), &[any]).await.unwrap();
+        let ips: Vec<std::net::Ipv4Addr> = net
+            .listen_addrs()
+            .iter()
+            .filter_map(|a| {
+                a.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip),
+                    _ => None,
+                })
+            })
+            .collect();
+        assert!(ips.contains(&std::net::Ipv4Addr::LOCALHOST), "{ips:?}");
+        // The address this host sends from by default (no packet leaves: UDP connect only
+        // picks a route); without a route there is only loopback.
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+            .and_then(|s| s.local_addr())
+            .ok()
+            .and_then(|a| match a.ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+                _ => None,
+            });
+        if let Some(ip) = routed {
+            assert!(ips.contains(&ip), "{ip} missing from {ips:?}");
+            assert!(!ips[0].is_loopback(), "loopback first: {ips:?}");
         }
     }
 
