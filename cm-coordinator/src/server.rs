@@ -119,19 +119,12 @@ pub async fn run(
         .instance_id()
         .map_err(|e| anyhow::anyhow!("cannot read this coordinator's instance id: {e}"))?;
     // One coordinator per data directory: the lock is held until the process ends.
-    let lock_path = dir.root().join("coordinator.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = dir.try_lock()? else {
         anyhow::bail!(
             "a coordinator is already running for {}",
             dir.root().display()
         );
-    }
+    };
     let net = Net::start(&root, std::slice::from_ref(&config.listen)).await?;
     let addr = with_peer(&net.listen_addrs()[0], root.peer_id());
     let coord = Arc::new(Coordinator {
