@@ -981,6 +981,47 @@ pub async fn add_partner(
     Ok(key.peer_id())
 }
 
+/// `db copy`: copies the coordinator's SQLite database (`from`, a `sqlite://PATH` URL, or the
+/// data directory's) into the new, empty PostgreSQL database `to`. Holds the data directory's
+/// lock throughout: no coordinator runs on it meanwhile.
+pub async fn copy_database(
+    dir: &DataDir,
+    from: Option<&str>,
+    to: &str,
+) -> anyhow::Result<crate::db::copy::CopySummary> {
+    dir.load_root()?;
+    let Some(_lock) = dir.try_lock()? else {
+        anyhow::bail!(
+            "a coordinator is running for {}: stop it before copying its database",
+            dir.root().display()
+        );
+    };
+    let path = match from {
+        None => dir.database(),
+        Some(url) => PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--from takes a SQLite database as sqlite://PATH")
+                })?,
+        ),
+    };
+    // Opening would create an empty database, and copying that would look like success.
+    if !path.is_file() {
+        anyhow::bail!("there is no SQLite database at {}", path.display());
+    }
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!(
+            "--to takes a PostgreSQL database as postgres://user:password@host:port/database"
+        );
+    }
+    let source = Db::open_sqlite(&path).await?;
+    let target = Db::open_url(to).await?;
+    info!(source = %path.display(), "copying the database to PostgreSQL");
+    Ok(crate::db::copy::copy(&source, &target).await?)
+}
+
 /// Creates a coordinator data directory: the root key and the database.
 pub async fn init(dir: &DataDir) -> anyhow::Result<PeerId> {
     if dir.root_key().exists() {
