@@ -1384,4 +1384,4 @@ async fn payout_locked(coord: &Coordinator, period: &str) -> anyhow::Result<serd
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -31,6 +31,31 @@ impl DataDir {
         self.root.join("coordinator.db")
     }
 
+    /// Held (locked) by the process that owns the data directory: a running coordinator, or a
+    /// `db copy` of its database.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("coordinator.lock")
+    }
+
+    /// Takes the data directory's lock, held until the returned file is dropped; `None` while
+    /// another process holds it.
+    pub fn try_lock(&self) -> anyhow::Result<Option<std::fs::File>> {
+        let path = self.lock_file();
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(Some(lock)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                anyhow::bail!("cannot lock {}: {e}", path.display())
+            }
+        }
+    }
+
     /// Written by `run` once listening: the coordinator's dialable multiaddr.
     pub fn addr_file(&self) -> PathBuf {
         self.root.join("coordinator.addr")

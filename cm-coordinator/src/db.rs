@@ -14,6 +14,8 @@
 //! advisory lock for its whole length ([`Db::lock_accounting`]), reports of one node are
 //! ingested one at a time, and the mark a run settles up to waits for reports being ingested
 //! (see [`Dialect`]). SQLite has one process per data directory and serialises writers itself.
+//!
+//! [`copy`] moves a coordinator from SQLite to PostgreSQL: every row, all or nothing.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -27,6 +29,7 @@ use sqlx::{Connection, PgPool, Row, SqlitePool};
 
 mod accounting;
 mod cluster;
+pub mod copy;
 mod tokens;
 mod views;
 pub use accounting::{

@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! * [`datadir`]: the files of a coordinator's data directory.
-//! * [`db`]: the storage layer (SQLite embedded; the seam for PostgreSQL).
+//! * [`db`]: the storage layer (SQLite embedded, or PostgreSQL), and [`db::copy`] from the one to
+//!   the other.
 //! * [`liveness`]: the sans-IO liveness state machine (joins, leaves, reports, probes).
 //! * [`audit`]: the sans-IO storage-audit core: unpredictable audit times per node,
 //!   containment of timeouts, verdicts, decaying audit scores.

@@ -203,6 +203,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The coordinator's database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Fragments rebuilt by repair or added for demand, with the traffic they cost.
     Repairs {
         #[arg(long)]
@@ -294,6 +299,26 @@ enum SalesCommand {
         #[arg(long)]
         data_dir: PathBuf,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Copy the SQLite database into a new, empty PostgreSQL database, all or nothing (the
+    /// coordinator must be stopped); then start it with `run --database-url`.
+    Copy {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to fill: postgres://user:password@host:port/database. It must
+        /// exist and hold no data.
+        #[arg(long, env = "CCDS_DATABASE_URL", hide_env_values = true)]
+        to: String,
+        /// The SQLite database to copy, as sqlite://PATH [default: the data directory's].
+        #[arg(long)]
+        from: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -823,6 +848,23 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     c["target_fragments"],
                     c["min_live_fragments"],
                 );
+            }
+        }
+        Command::Db {
+            command:
+                DbCommand::Copy {
+                    data_dir,
+                    to,
+                    from,
+                    json,
+                },
+        } => {
+            let summary =
+                server::copy_database(&DataDir::new(&data_dir), from.as_deref(), &to).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
             }
         }
         Command::Cluster { data_dir, json } => {

@@ -119,19 +119,12 @@ pub async fn run(
         .instance_id()
         .map_err(|e| anyhow::anyhow!("cannot read this coordinator's instance id: {e}"))?;
     // One coordinator per data directory: the lock is held until the process ends.
-    let lock_path = dir.root().join("coordinator.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = dir.try_lock()? else {
         anyhow::bail!(
             "a coordinator is already running for {}",
             dir.root().display()
         );
-    }
+    };
     let net = Net::start(&root, std::slice::from_ref(&config.listen)).await?;
     let addr = with_peer(&net.listen_addrs()[0], root.peer_id());
     let coord = Arc::new(Coordinator {
@@ -986,6 +979,47 @@ pub async fn add_partner(
         anyhow::bail!("partner `{name}` already exists");
     }
     Ok(key.peer_id())
+}
+
+/// `db copy`: copies the coordinator's SQLite database (`from`, a `sqlite://PATH` URL, or the
+/// data directory's) into the new, empty PostgreSQL database `to`. Holds the data directory's
+/// lock throughout: no coordinator runs on it meanwhile.
+pub async fn copy_database(
+    dir: &DataDir,
+    from: Option<&str>,
+    to: &str,
+) -> anyhow::Result<crate::db::copy::CopySummary> {
+    dir.load_root()?;
+    let Some(_lock) = dir.try_lock()? else {
+        anyhow::bail!(
+            "a coordinator is running for {}: stop it before copying its database",
+            dir.root().display()
+        );
+    };
+    let path = match from {
+        None => dir.database(),
+        Some(url) => PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--from takes a SQLite database as sqlite://PATH")
+                })?,
+        ),
+    };
+    // Opening would create an empty database, and copying that would look like success.
+    if !path.is_file() {
+        anyhow::bail!("there is no SQLite database at {}", path.display());
+    }
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!(
+            "--to takes a PostgreSQL database as postgres://user:password@host:port/database"
+        );
+    }
+    let source = Db::open_sqlite(&path).await?;
+    let target = Db::open_url(to).await?;
+    info!(source = %path.display(), "copying the database to PostgreSQL");
+    Ok(crate::db::copy::copy(&source, &target).await?)
 }
 
 /// Creates a coordinator data directory: the root key and the database.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod adversary;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -467,6 +468,41 @@ impl Collective {
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the coordinator with SIGTERM (a graceful stop) and waits for it to exit.
+    pub fn stop_cm(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.cm.id().to_string()])
+            .status();
+        let _ = self.cm.wait();
+    }
+
+    /// Starts the coordinator again (after [`Collective::stop_cm`]) with extra `run` arguments,
+    /// its log appended to the first run's; waits until it listens.
+    pub fn restart_cm(&mut self, cm_args: &[&str]) {
+        let addr_file = self.cm_dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.tmp.path().join("cm.log"))
+            .unwrap();
+        self.cm = Command::new(bin("cm-coordinator"))
+            .args(["run", "--data-dir", self.cm(), "--http", "127.0.0.1:0"])
+            .args(cm_args)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start cm-coordinator: {e}"));
+        wait_for("the coordinator address", Duration::from_secs(30), || {
+            addr_file.exists()
+        });
+        self.cm_addr = std::fs::read_to_string(&addr_file)
+            .unwrap()
+            .trim()
+            .to_string();
     }
 
     /// Whether the coordinator lists node `i` as online.

@@ -14,16 +14,18 @@ use crate::db::testing::both_engines;
 use crate::db::{ClaimRow, ContentRow, Db, Ingested, Placement, TicketRow};
 use crate::policy::{GB, MONTH_SECS};
 
-const T0: u64 = 1_000_000;
-const NODES: usize = 4;
+pub(crate) const T0: u64 = 1_000_000;
+pub(crate) const NODES: usize = 4;
 const SEGMENTS: u64 = 4;
 
-struct World {
-    db: Db,
-    nodes: Vec<Identity>,
+/// A content held by four nodes, a partner and a ticket sold: the accounting tests' world (also
+/// what `db::copy`'s tests fill a database with).
+pub(crate) struct World {
+    pub(crate) db: Db,
+    pub(crate) nodes: Vec<Identity>,
     client: Identity,
-    content: ContentId,
-    flen: u64,
+    pub(crate) content: ContentId,
+    pub(crate) flen: u64,
     ticket: [u8; 16],
     seqs: Vec<u64>,
     config: AccountingConfig,
@@ -37,7 +39,7 @@ fn held_by(n: usize) -> Vec<(u32, u16)> {
 }
 
 impl World {
-    async fn new(db: Db) -> Self {
+    pub(crate) async fn new(db: Db) -> Self {
         let root = Identity::generate();
         let nodes: Vec<Identity> = (0..NODES).map(|_| Identity::generate()).collect();
         for (i, n) in nodes.iter().enumerate() {
@@ -134,7 +136,7 @@ impl World {
     }
 
     /// Node `n` reports claiming `claimed` bytes backed by a receipt for `fragments`.
-    fn report(&mut self, n: usize, fragments: u64, claimed: u64, to: u64) -> NodeReport {
+    pub(crate) fn report(&mut self, n: usize, fragments: u64, claimed: u64, to: u64) -> NodeReport {
         self.seqs[n] += 1;
         let receipt = self.receipt(n, fragments, fragments);
         Signed::sign(
@@ -161,18 +163,18 @@ impl World {
         )
     }
 
-    async fn ingest(&self, report: &NodeReport, now: u64) -> Ingested {
+    pub(crate) async fn ingest(&self, report: &NodeReport, now: u64) -> Ingested {
         self.db.ingest_report(report, now).await.unwrap()
     }
 
-    async fn reconcile(&self, now: u64) -> RunOutcome {
+    pub(crate) async fn reconcile(&self, now: u64) -> RunOutcome {
         let mut rng = StdRng::seed_from_u64(now);
         reconcile(&self.db, &self.config, now, &mut rng)
             .await
             .unwrap()
     }
 
-    async fn balance(&self, n: usize) -> (i64, i64) {
+    pub(crate) async fn balance(&self, n: usize) -> (i64, i64) {
         let id = self.nodes[n].peer_id().to_string();
         (
             self.db.balance(&accounts::available(&id)).await.unwrap(),
