@@ -22,6 +22,8 @@ use overlay::{Multiaddr, PeerId};
 
 /// Time allowed to reach the CM (one dial attempt; callers retry with back-off).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stream opens tried per request (callers bound the whole request where it matters).
+const OPEN_ATTEMPTS: u32 = 3;
 /// Time allowed for the CM to answer once the stream is open.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to send a report (a frame of up to [`MAX_REPORT_MSG`]) and for the CM to
@@ -86,9 +88,12 @@ impl Coordinator {
         request: &ControlRequest,
         timeout: Duration,
     ) -> Result<ControlResponse, ControlError> {
+        // Several attempts: with several coordinator processes sharing the CM's identity, the
+        // node may hold a connection to one that stopped (until it times out), and each attempt
+        // picks one of the connections at random.
         let mut stream = self
             .net
-            .open_with(self.cm, proto::CONTROL, 1, OPEN_TIMEOUT)
+            .open_with(self.cm, proto::CONTROL, OPEN_ATTEMPTS, OPEN_TIMEOUT)
             .await?;
         let exchange = async {
             proto::write_msg(&mut stream, request).await?;

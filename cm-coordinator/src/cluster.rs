@@ -14,13 +14,16 @@
 //!   as heard;
 //! * it follows placements made or closed by the others (publishes, repairs), so its repair
 //!   view is the collective's;
-//! * it takes or renews the maintenance lease: only its holder runs repairs and audits.
+//! * it takes or renews the maintenance lease: only its holder runs repairs and audits. The
+//!   holder acts only within half the lease's length of its last renewal (a renewal delayed by
+//!   a stalled process or database stops it before another may take over), only after the
+//!   round that took the lease has followed the placements, and records a repair only while
+//!   the lease row says it holds it (see [`crate::db::Db::record_repairs`]).
 //!
 //! With one coordinator (SQLite or PostgreSQL) all of this is cheap and changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay::manifest::SignedManifest;
@@ -72,7 +75,9 @@ pub struct Cluster {
     /// Random per process start.
     run: String,
     config: ClusterConfig,
-    leader: AtomicBool,
+    /// Holds the maintenance lease until this instant (half the lease's length after the round
+    /// that renewed it started).
+    leader_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -81,13 +86,16 @@ impl Cluster {
             instance,
             run: hex::encode(rand::random::<[u8; 8]>()),
             config,
-            leader: AtomicBool::new(false),
+            leader_until: std::sync::Mutex::new(None),
         }
     }
 
     /// Whether this coordinator holds the maintenance lease (runs repairs and audits).
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        self.leader_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -118,6 +126,7 @@ pub async fn start(coord: &Coordinator, http: &str) -> anyhow::Result<Follower> 
     let mut follower = Follower {
         placements_since: now,
         heard: HashMap::new(),
+        was_leader: false,
     };
     follower.round(coord).await?;
     Ok(follower)
@@ -168,24 +177,25 @@ pub struct Follower {
     placements_since: u64,
     /// The newest heartbeat time read per own node.
     heard: HashMap<PeerId, i64>,
+    /// Whether the last round held the lease.
+    was_leader: bool,
 }
 
 impl Follower {
     async fn round(&mut self, coord: &Coordinator) -> anyhow::Result<()> {
         let c = &coord.cluster;
+        let started = Instant::now();
         let now = now_secs();
         let timeout = c.config.timeout_secs();
         let leader = coord
             .db
             .acquire_lease(MAINTENANCE, &c.instance, now, now + timeout)
             .await?;
-        if c.leader.swap(leader, Ordering::Relaxed) != leader {
-            if leader {
-                info!("this coordinator now runs repairs and audits");
-                coord.repair_wake.notify_one();
-            } else {
-                warn!("another coordinator runs repairs and audits now");
-            }
+        if !leader {
+            c.leader_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
         }
         let closed = coord
             .db
@@ -198,7 +208,21 @@ impl Follower {
             );
         }
         self.follow_nodes(coord).await?;
-        self.follow_placements(coord, now).await
+        self.follow_placements(coord, now).await?;
+        // Repairs and audits start (or go on) only now that the view is current.
+        let was = c.is_leader();
+        if leader {
+            *c.leader_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(started + Duration::from_secs(timeout) / 2);
+            if !was {
+                info!("this coordinator now runs repairs and audits");
+                coord.repair_wake.notify_one();
+            }
+        } else if self.was_leader {
+            warn!("another coordinator runs repairs and audits now");
+        }
+        self.was_leader = leader;
+        Ok(())
     }
 
     async fn follow_nodes(&mut self, coord: &Coordinator) -> anyhow::Result<()> {

@@ -624,13 +624,34 @@ impl Db {
 
     /// Records fragments rebuilt on new holders, atomically: the new placements, the previous
     /// holders' placements closed (their copies are deleted when they return), and the work.
+    ///
+    /// With `fence` (a lease's name, its holder, and now), nothing is written unless that holder
+    /// still holds the lease ([`DbError::Conflict`]); the lease row stays locked until the
+    /// commit, so a coordinator taking the lease over waits for it and then sees the repairs.
     pub async fn record_repairs(
         &self,
         content: &ContentId,
         repairs: &[RepairRow],
+        fence: Option<(&str, &str, u64)>,
     ) -> Result<(), DbError> {
         on_pool!(self, |pool, sql| {
             let mut tx = pool.begin_with(sql.begin_write).await?;
+            if let Some((lease, holder, now)) = fence {
+                let held = sqlx::query(
+                    "UPDATE leases SET expires_at = expires_at
+                     WHERE name = $1 AND holder = $2 AND expires_at >= $3",
+                )
+                .bind(lease)
+                .bind(holder)
+                .bind(now as i64)
+                .execute(&mut *tx)
+                .await?;
+                if held.rows_affected() == 0 {
+                    return Err(DbError::Conflict(format!(
+                        "the {lease} lease is no longer held by {holder}"
+                    )));
+                }
+            }
             let id = content.to_string();
             for r in repairs {
                 if let Some(previous) = &r.previous {

@@ -29,6 +29,10 @@ enum Command {
     Init {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The coordinator's database, as `run --database-url`: created or migrated now, so a
+        /// wrong URL shows at once [default: SQLite in the data directory].
+        #[arg(long, env = "CCDS_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Run the coordinator (writes DATA_DIR/coordinator.addr once listening). Every setting
     /// may also come from a TOML file (--config); a flag given here wins over the file.
@@ -646,8 +650,11 @@ fn read_config(path: &Path) -> anyhow::Result<RunSettings> {
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { data_dir } => {
-            let id = server::init(&DataDir::new(&data_dir)).await?;
+        Command::Init {
+            data_dir,
+            database_url,
+        } => {
+            let id = server::init(&DataDir::new(&data_dir), database_url.as_deref()).await?;
             println!("{id}");
         }
         Command::Run {

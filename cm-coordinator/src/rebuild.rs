@@ -596,7 +596,40 @@ async fn run_job(coord: &Coordinator, config: &RebuildConfig, job: Job) -> anyho
             }
         }
     }
-    coord.db.record_repairs(&job.content, &rows).await?;
+    // Only while this coordinator holds the maintenance lease: a coordinator that took it over
+    // meanwhile may be rebuilding the same segment. The fragments pushed are then surplus.
+    let fence = (
+        crate::cluster::MAINTENANCE,
+        coord.cluster.instance.as_str(),
+        now_secs(),
+    );
+    if let Err(e) = coord
+        .db
+        .record_repairs(&job.content, &rows, Some(fence))
+        .await
+    {
+        for r in &rows {
+            let order = Signed::sign(
+                &coord.root,
+                DeleteOrder {
+                    node: r.node,
+                    fragments: vec![FragmentId {
+                        content: job.content,
+                        segment,
+                        index: r.index,
+                    }],
+                    issued: now_secs(),
+                },
+            );
+            if let Err(e) =
+                crate::publish::store_request(&coord.net, r.node, StoreRequest::Delete(order), None)
+                    .await
+            {
+                warn!(node = %r.node, error = %e, "cannot delete a fragment rebuilt in vain");
+            }
+        }
+        return Err(e.into());
+    }
     {
         let mut repair = coord.repair();
         let t = Instant::now();

@@ -608,6 +608,11 @@ pub struct StorageResult<P> {
     pub verdicts: Vec<Verdict<P>>,
 }
 
+/// A placement is judged lost only if the node's listing was made at least this long after it:
+/// the listing's time is the node's clock, the placement's the coordinator's, and a fragment
+/// pushed while the node was writing its report is not in it.
+pub const LISTING_GRACE_SECS: u64 = 60;
+
 /// Reconciles one node's storage over `[from, to)`: a placement earns its overlap with the
 /// period when the node's latest holdings (listed at or after `from`) include it.
 ///
@@ -633,7 +638,8 @@ pub fn reconcile_storage<P: Clone>(
     let fresh = held.at >= from;
     for p in placements {
         let listed = held.fragments.contains(&p.fragment);
-        let active_at_listing = p.placed_at <= held.at && p.removed_at.is_none_or(|r| r > held.at);
+        let active_at_listing = p.placed_at.saturating_add(LISTING_GRACE_SECS) <= held.at
+            && p.removed_at.is_none_or(|r| r > held.at);
         if !listed {
             if active_at_listing && p.removed_at.is_none() {
                 out.lost.push(p.fragment.clone());
@@ -1056,6 +1062,16 @@ mod tests {
         let placements = vec![placement(0, 0, None), placement(1, 1_900, None)];
         let r = reconcile_storage(&1, Some(&held(1_800, &[0])), &placements, 1_000, 2_000);
         assert!(r.lost.is_empty());
+        // Nor those made just before it (a push racing the report, or a node's clock behind).
+        let placements = vec![placement(0, 0, None), placement(1, 1_799, None)];
+        let r = reconcile_storage(&1, Some(&held(1_800, &[0])), &placements, 1_000, 2_000);
+        assert!(r.lost.is_empty());
+        let placements = vec![
+            placement(0, 0, None),
+            placement(1, 1_800 - LISTING_GRACE_SECS, None),
+        ];
+        let r = reconcile_storage(&1, Some(&held(1_800, &[0])), &placements, 1_000, 2_000);
+        assert_eq!(r.lost, vec![("c0".to_string(), 1, 0)]);
         assert_eq!(r.byte_secs, u128::from(MIB) * 1_000);
     }
 

@@ -353,8 +353,11 @@ async fn control(
         ControlRequest::Leave => {
             coord.liveness_event(Event::Left(peer));
             // A node that joined through another coordinator may say leave here: its session
-            // is closed all the same, and that coordinator follows.
-            if coord.registry.leave(&peer) || coord.registry.remote_left(&peer) {
+            // is closed all the same (even if this one has not yet read that it is open), and
+            // that coordinator follows.
+            let local = coord.registry.leave(&peer);
+            let remote = coord.registry.remote_left(&peer);
+            if local || remote || coord.db.session_owner(&peer).await?.is_some() {
                 coord.repair().offline(peer, Instant::now());
                 coord.repair_wake.notify_one();
                 coord.db.node_left(&peer, now, "leave").await?;
@@ -1022,8 +1025,9 @@ pub async fn copy_database(
     Ok(crate::db::copy::copy(&source, &target).await?)
 }
 
-/// Creates a coordinator data directory: the root key and the database.
-pub async fn init(dir: &DataDir) -> anyhow::Result<PeerId> {
+/// Creates a data directory with a new CM root key, and the database (SQLite in the directory
+/// unless `database_url` names another).
+pub async fn init(dir: &DataDir, database_url: Option<&str>) -> anyhow::Result<PeerId> {
     if dir.root_key().exists() {
         anyhow::bail!(
             "{} is already initialised (coordinator {})",
@@ -1032,8 +1036,9 @@ pub async fn init(dir: &DataDir) -> anyhow::Result<PeerId> {
         );
     }
     std::fs::create_dir_all(dir.root())?;
+    // The database first: a wrong URL leaves no key behind, and `init` can simply run again.
+    Db::open(database_url, &dir.database()).await?;
     let root = Identity::generate();
     root.save(&dir.root_key())?;
-    Db::open_sqlite(&dir.database()).await?;
     Ok(root.peer_id())
 }

@@ -396,7 +396,17 @@ mod tests {
             bytes_stored: 1,
             at: 120,
         };
-        db.record_repairs(&content.id, &[repair]).await.unwrap();
+        assert!(
+            db.record_repairs(&content.id, std::slice::from_ref(&repair), Some(("m", "me", 120)))
+                .await
+                .is_err(),
+            "a repair without the lease is not recorded"
+        );
+        assert!(db.placement_changes(110).await.unwrap().is_empty());
+        assert!(db.acquire_lease("m", "me", 115, 121).await.unwrap());
+        db.record_repairs(&content.id, &[repair], Some(("m", "me", 120)))
+            .await
+            .unwrap();
         let change = |index, node, removed| PlacementChange {
             content: content.id,
             segment: 0,

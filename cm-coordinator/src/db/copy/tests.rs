@@ -284,6 +284,7 @@ async fn fill(db: &Db) -> (World, Vec<PeerId>, ContentId) {
             bytes_stored: 100,
             at: T0 + 70,
         }],
+        None,
     )
     .await
     .unwrap();
