@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use overlay::manifest::SignedManifest;
 use overlay::time::now_secs;
 use overlay::{ContentId, PeerId};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::db::PlacementChange;
 use crate::liveness::Event;
@@ -157,8 +157,21 @@ pub async fn driver(coord: Arc<Coordinator>, mut follower: Follower) -> anyhow::
                 continue;
             }
         }
+        let started = Instant::now();
         if let Err(e) = follower.round(&coord).await {
             error!(error = %e, "cannot follow the other coordinators");
+        }
+        let took = started.elapsed();
+        let (local, remote) = coord.registry.counts();
+        debug!(
+            took_ms = took.as_millis() as u64,
+            local, remote, "cluster round"
+        );
+        if took > coord.cluster.config.interval {
+            warn!(
+                took_ms = took.as_millis() as u64,
+                remote, "following the other coordinators took longer than cluster_interval"
+            );
         }
     }
 }
