@@ -6,10 +6,15 @@
 #   scripts/demo.sh --size 1GiB     # generate a file of this size
 #   scripts/demo.sh --file PATH     # publish an existing file
 #   scripts/demo.sh --nodes 16 --data-shards 10 --parity-shards 6 --keep
+#   scripts/demo.sh --bin-dir DIR   # use programs already built in DIR instead of building
 set -euo pipefail
 
-SIZE=256MiB FILE= NODES=12 K=8 M=4 SEGMENT=8MiB KEEP=0
+SIZE=256MiB FILE= NODES=12 K=8 M=4 SEGMENT=8MiB KEEP=0 BIN=
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --size|--file|--nodes|--data-shards|--parity-shards|--segment-size|--bin-dir)
+      if [ $# -lt 2 ]; then echo "demo: $1 needs a value (try --help)" >&2; exit 2; fi ;;
+  esac
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
     --file) FILE=$2; shift 2 ;;
@@ -18,20 +23,39 @@ while [ $# -gt 0 ]; do
     --parity-shards) M=$2; shift 2 ;;
     --segment-size) SEGMENT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --bin-dir) BIN=$2; shift 2 ;;
     -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
+if [ -n "$FILE" ] && [ ! -r "$FILE" ]; then
+  echo "demo: cannot read $FILE" >&2
+  exit 2
+fi
 if [ $((K + M)) -gt "$NODES" ]; then
   echo "demo: k+m=$((K + M)) fragments per segment need at least that many nodes (have $NODES)" >&2
   exit 2
 fi
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-echo "== building (release)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
-BIN=$CARGO_TARGET_DIR/release
+if [ -z "$BIN" ]; then
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+  echo "== building (release)"
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
+  BIN=$CARGO_TARGET_DIR/release
+fi
+for program in cm-coordinator ccds-node ccds-client; do
+  if [ ! -x "$BIN/$program" ]; then
+    echo "demo: $BIN/$program is not an executable program" >&2
+    exit 2
+  fi
+done
+for tool in python3 cmp; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "demo: $tool is required" >&2
+    exit 2
+  fi
+done
 
 WORK=$(mktemp -d -t ccds-demo.XXXXXX)
 PIDS=()
@@ -60,7 +84,10 @@ wait_file "$WORK/cm/coordinator.addr" "the coordinator"
 CM=$(cat "$WORK/cm/coordinator.addr")
 for i in $(seq 1 "$NODES"); do
   # Each node on its own loopback address, as if on its own home network.
-  "$BIN/ccds-node" init --data-dir "$WORK/node$i" --coordinator "$CM" --quota 20GiB >/dev/null
+  if ! "$BIN/ccds-node" init --data-dir "$WORK/node$i" --coordinator "$CM" --quota 20GiB \
+    >/dev/null 2>"$WORK/node$i.init.log"; then
+    cat "$WORK/node$i.init.log" >&2; KEEP=1; exit 1
+  fi
   "$BIN/ccds-node" run --data-dir "$WORK/node$i" --listen "/ip4/127.0.$i.1/udp/0/quic-v1" 2>"$WORK/node$i.log" & PIDS+=($!) NODE_PIDS+=($!)
 done
 for i in $(seq 1 "$NODES"); do wait_file "$WORK/node$i/node.addr" "node $i"; done

@@ -397,3 +397,43 @@ fn client_settings_come_from_the_environment_or_a_config_file() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn the_readme_demo_publishes_and_delivers_a_verified_file() {
+    // The README's one command, run on the programs this test run built (no release build).
+    let bins = common::bin("cm-coordinator");
+    let bins = bins.parent().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .args(["--bin-dir", bins.to_str().unwrap()])
+        .args(["--size", "5MiB", "--segment-size", "1MiB"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("size        5,242,880 bytes"), "{stdout}");
+    assert!(stdout.contains("verified    yes"), "{stdout}");
+    // 5 segments of k = 8 fragments each came from the 12 nodes, every byte counted once.
+    let per_node: Vec<u64> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("bytes per node"))
+        .skip(1)
+        .map(|l| {
+            let n = l.split_whitespace().last().unwrap();
+            n.replace(',', "").parse().unwrap()
+        })
+        .collect();
+    assert!(per_node.len() >= 8, "{stdout}");
+    assert!(per_node.iter().sum::<u64>() >= 5 << 20, "{stdout}");
+    // Bad input is refused before anything starts.
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .args(["--bin-dir", bins.to_str().unwrap(), "--nodes", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("need at least that many nodes"), "{stderr}");
+}
