@@ -58,6 +58,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod repair;
 pub mod sales;
+pub mod seen;
 pub mod server;
 pub mod sim;
 

@@ -101,6 +101,8 @@ pub struct Coordinator {
     pub auditor: std::sync::Mutex<crate::audit::Auditor>,
     /// This process among the coordinators sharing the database.
     pub cluster: crate::cluster::Cluster,
+    /// Heartbeats waiting to be written to the database.
+    pub seen: crate::seen::Heartbeats,
 }
 
 /// Memory for node reports being read at once: four of the largest.
@@ -149,6 +151,7 @@ pub async fn run(
         reconciling: tokio::sync::Mutex::new(()),
         auditor: std::sync::Mutex::new(crate::audit::Auditor::new(config.timers.audit.clone())),
         cluster: crate::cluster::Cluster::new(instance, config.cluster.clone()),
+        seen: Default::default(),
     });
     crate::rebuild::load(&coord).await?;
     crate::admin::ensure_operator_token(&coord).await?;
@@ -168,6 +171,7 @@ pub async fn run(
     spawn_accept(&coord, proto::CONTROL, handle_control)?;
     spawn_accept(&coord, proto::CLIENT, handle_client)?;
     tokio::spawn(liveness_driver(coord.clone(), config.probe_timeout));
+    tokio::spawn(crate::seen::driver(coord.clone()));
     tokio::spawn(crate::rebuild::driver(
         coord.clone(),
         config.rebuild.clone(),
@@ -193,6 +197,9 @@ pub async fn run(
         Ok(e) = fatal_rx => Some(e),
     };
     info!("shutting down");
+    if let Err(e) = coord.seen.flush(&coord.db).await {
+        warn!(error = %e, "cannot write the last heartbeats");
+    }
     crate::cluster::stop(&coord).await;
     let _ = std::fs::remove_file(dir.addr_file());
     let _ = std::fs::remove_file(dir.http_addr_file());
@@ -305,6 +312,7 @@ async fn control(
             }
             let addrs: Vec<Multiaddr> = addrs.into_iter().take(16).collect();
             let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            coord.seen.forget(&peer);
             coord
                 .db
                 .node_joined(&peer, &coord.cluster.instance, &shown, quota, used, now)
@@ -346,8 +354,14 @@ async fn control(
             } else if !online_elsewhere(coord, &peer).await? {
                 return Ok(ControlResponse::Error("not joined; join again".into()));
             }
-            coord.db.node_seen(&peer, used, now).await?;
-            coord.db.node_measures(&peer, None, upload_bps).await?;
+            coord.seen.record(
+                peer,
+                crate::seen::Seen {
+                    used,
+                    at: now,
+                    upload_bps,
+                },
+            );
             ControlResponse::Ok
         }
         ControlRequest::Leave => {
