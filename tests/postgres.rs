@@ -210,6 +210,12 @@ fn publish(cm: &str, file: &Path, k: &str, m: &str) -> String {
 
 /// A new client buys `content` through `cm` and downloads it; the output must equal `file`.
 fn buy_and_download(p: &Processes, cm: &str, content: &str, file: &Path, name: &str) {
+    let (ticket, key) = buy(p, cm, content, name);
+    download(p, &ticket, &key, file, name);
+}
+
+/// A new client `name` buys `content` through `cm`: (its ticket file, its key file).
+fn buy(p: &Processes, cm: &str, content: &str, name: &str) -> (PathBuf, PathBuf) {
     let key = p.path(&format!("{name}.key"));
     let client = run_ok("ccds-client", &["keygen", "--out", key.to_str().unwrap()]);
     let ticket = p.path(&format!("{name}.ticket"));
@@ -231,6 +237,11 @@ fn buy_and_download(p: &Processes, cm: &str, content: &str, file: &Path, name: &
             ticket.to_str().unwrap(),
         ],
     );
+    (ticket, key)
+}
+
+/// Downloads with `ticket` and `key`; the output must equal `file`.
+fn download(p: &Processes, ticket: &Path, key: &Path, file: &Path, name: &str) {
     let out = p.path(&format!("{name}.out"));
     run_ok(
         "ccds-client",
@@ -363,21 +374,14 @@ fn two_coordinators_on_one_postgres_database_serve_one_collective() {
             .trim()
             .to_string()
     };
-    let start_node = |p: &mut Processes, i: usize, cm_addr: &str| -> (PathBuf, String) {
+    let start_node = |p: &mut Processes, i: usize, cm_addrs: &[&str]| -> (PathBuf, String) {
         let dir = p.path(&format!("node{i}"));
         let d = dir.to_str().unwrap().to_string();
-        let id = run_ok(
-            "ccds-node",
-            &[
-                "init",
-                "--data-dir",
-                &d,
-                "--coordinator",
-                cm_addr,
-                "--quota",
-                "1GiB",
-            ],
-        );
+        let mut init = vec!["init", "--data-dir", &d, "--quota", "1GiB"];
+        for addr in cm_addrs {
+            init.extend(["--coordinator", addr]);
+        }
+        let id = run_ok("ccds-node", &init);
         // Each behind its own /24: fragments of a segment may go to any of them.
         let listen = format!("/ip4/127.0.{}.1/udp/0/quic-v1", i + 1);
         p.spawn(
@@ -410,7 +414,7 @@ fn two_coordinators_on_one_postgres_database_serve_one_collective() {
     let a_addr = start_cm(&mut p, a, "/ip4/127.0.0.1/udp/0/quic-v1");
     let mut nodes: Vec<(PathBuf, String)> = Vec::new();
     for i in 0..PER_CM {
-        nodes.push(start_node(&mut p, i, &a_addr));
+        nodes.push(start_node(&mut p, i, &[&a_addr]));
     }
     let ids: Vec<String> = nodes.iter().map(|(_, id)| id.clone()).collect();
     wait_online(a, &ids);
@@ -426,7 +430,7 @@ fn two_coordinators_on_one_postgres_database_serve_one_collective() {
         "one CM identity"
     );
     for i in PER_CM..2 * PER_CM {
-        nodes.push(start_node(&mut p, i, &b_addr));
+        nodes.push(start_node(&mut p, i, &[&b_addr]));
     }
     let ids: Vec<String> = nodes.iter().map(|(_, id)| id.clone()).collect();
     for cm in [a, b] {
@@ -638,4 +642,64 @@ fn two_coordinators_on_one_postgres_database_serve_one_collective() {
             "node {id}: one session, still open"
         );
     }
+
+    // A node given both coordinators' addresses outlives the one it joined through: killed,
+    // that one's sessions are closed by the other after the coordinator timeout, and the
+    // node's next heartbeat there is refused, so it joins the survivor.
+    let (_, id6) = start_node(&mut p, 2 * PER_CM, &[&a_addr, &b_addr]);
+    for cm in [a, b] {
+        wait_online(cm, std::slice::from_ref(&id6));
+    }
+    let instance = |cm: &str| {
+        std::fs::read_to_string(Path::new(cm).join("instance.id"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let owner = session_owner(url, &id6).expect("an open session");
+    let (gone, survivor) = if owner == instance(a) { (a, b) } else { (b, a) };
+    assert_eq!(owner, instance(gone));
+    // A ticket bought from that coordinator lists both.
+    let (ticket, key) = buy(&p, gone, &content_b, "client_failover");
+    let listed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ticket).unwrap()).unwrap();
+    let (gone_addr, survivor_addr) = if gone == a {
+        (&a_addr, &b_addr)
+    } else {
+        (&b_addr, &a_addr)
+    };
+    assert_eq!(
+        listed["coordinators"],
+        serde_json::json!([gone_addr, survivor_addr]),
+        "{listed}"
+    );
+    p.stop(
+        Path::new(gone).file_name().unwrap().to_str().unwrap(),
+        false,
+    );
+    // Its client downloads through the survivor.
+    download(&p, &ticket, &key, &film_b, "client_failover");
+    wait_for(
+        "the node to join the surviving coordinator",
+        Duration::from_secs(60),
+        || session_owner(url, &id6).is_some_and(|o| o == instance(survivor)),
+    );
+    wait_online(survivor, std::slice::from_ref(&id6));
+    assert_eq!(sessions(url, &id6), (2, 1), "one session closed, one open");
+}
+
+/// The coordinator instance that holds a node's open session.
+fn session_owner(url: &str, node: &str) -> Option<String> {
+    block_on(async {
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT coordinator FROM node_sessions WHERE node = $1 AND ended_at IS NULL",
+        )
+        .bind(node)
+        .fetch_optional(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        owner
+    })
 }

@@ -45,7 +45,8 @@ const REPORTS_IN_FLIGHT: usize = 4;
 #[derive(Clone, Debug)]
 pub struct Coordinator {
     pub peer: PeerId,
-    pub addr: Multiaddr,
+    /// Its addresses (several coordinators of one collective share its identity).
+    pub addrs: Vec<Multiaddr>,
 }
 
 impl Coordinator {
@@ -61,7 +62,12 @@ impl Coordinator {
             .await
             .map_err(|e| ClientError::CoordinatorUnreachable {
                 peer: self.peer,
-                addr: self.addr.clone(),
+                addrs: self
+                    .addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 reason: match e {
                     overlay::net::NetError::Open { reason, .. } => reason,
                     other => other.to_string(),

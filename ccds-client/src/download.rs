@@ -17,7 +17,7 @@ use libp2p::{Multiaddr, PeerId};
 use overlay::codec::{CodecError, SegmentCodec};
 use overlay::identity::{Identity, Signed};
 use overlay::manifest::Manifest;
-use overlay::net::{Net, split_peer};
+use overlay::net::{Net, split_one_peer};
 use overlay::proto::{self, ContactList};
 use overlay::ticket::TicketFile;
 use tokio::sync::Semaphore;
@@ -117,15 +117,16 @@ pub async fn get_until(
             peer: identity.peer_id(),
         });
     }
-    let (cm_peer, cm_addr) = split_peer(&ticket_file.coordinator)
-        .ok_or_else(|| ClientError::CoordinatorAddress(ticket_file.coordinator.clone()))?;
+    let (cm_peer, cm_addrs) = split_one_peer(&ticket_file.coordinators)
+        .map_err(|e| ClientError::CoordinatorAddress(e.to_string()))?;
     let net = Net::start(&identity, &opts.listen)
         .await
         .map_err(|e| ClientError::Network(e.to_string()))?;
-    net.add_addresses(cm_peer, vec![cm_addr.clone()]);
+    // Dials try every coordinator address at once and keep the first that answers.
+    net.add_addresses(cm_peer, cm_addrs.clone());
     let cm = Coordinator {
         peer: cm_peer,
-        addr: cm_addr,
+        addrs: cm_addrs,
     };
     let (manifest, contacts) = tokio::select! {
         r = cm.manifest(&net, &ticket) => r?,

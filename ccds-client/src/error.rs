@@ -1,6 +1,6 @@
 //! Errors of the client, each a complete sentence for the user.
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use overlay::ContentId;
 use overlay::identity::IdentityError;
 use overlay::ticket::TicketFileError;
@@ -24,18 +24,17 @@ pub enum ClientError {
         named: PeerId,
         peer: PeerId,
     },
-    #[error(
-        "the ticket's coordinator address {0} does not end in /p2p/<peer id>; the ticket file is damaged"
-    )]
-    CoordinatorAddress(Multiaddr),
+    #[error("the ticket's coordinator addresses are unusable ({0}); the ticket file is damaged")]
+    CoordinatorAddress(String),
     #[error("cannot start networking: {0}")]
     Network(String),
     #[error(
-        "cannot reach the coordinator {peer} at {addr}: {reason}; check the network and try again later"
+        "cannot reach the coordinator {peer} at {addrs}: {reason}; check the network and try again later"
     )]
     CoordinatorUnreachable {
         peer: PeerId,
-        addr: Multiaddr,
+        /// Every address tried, comma-separated.
+        addrs: String,
         reason: String,
     },
     #[error("the coordinator refused the request: {0}")]

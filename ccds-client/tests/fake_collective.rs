@@ -280,7 +280,7 @@ fn client_files(
     TicketFile {
         ticket,
         content_key: key,
-        coordinator: with_peer(&cm.addr, cm.id.peer_id()),
+        coordinators: vec![with_peer(&cm.addr, cm.id.peer_id())],
     }
     .save(&ticket_path)
     .unwrap();

@@ -158,7 +158,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             dir: options.data_dir.display().to_string(),
         });
     }
-    let (cm, cm_addr) = config.coordinator_peer()?;
+    let (cm, cm_addrs) = config.coordinator_peer()?;
     match options.quota {
         Some(0) => return Err(NodeError::ZeroQuota),
         Some(quota) if quota != config.quota => {
@@ -193,7 +193,8 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         limits: limits.clone(),
     })
     .await?;
-    server.net().add_addresses(cm, vec![cm_addr]);
+    // Dials try every coordinator address at once and keep the first that answers.
+    server.net().add_addresses(cm, cm_addrs);
     let coordinator = Coordinator::new(server.net().clone(), cm);
     let me = identity.peer_id();
     let previous = NodeStatus::load(&dir.status()).unwrap_or_else(|reason| {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! DIR/node.key       Ed25519 secret key (0600); its peer ID is the node's identity
-//! DIR/node.json      NodeConfig: the pinned coordinator and the quota
+//! DIR/node.json      NodeConfig: the pinned coordinator's addresses and the quota
 //! DIR/node.cert      the node certificate issued by the CM (JSON)
 //! DIR/node.addr      this node's address while it is joined (the readiness signal)
 //! DIR/receipts.jsonl accepted client receipts, one JSON object per line
@@ -15,14 +15,18 @@
 //! ```
 //!
 //! Re-running `init` on an initialised directory is allowed when it names the same CM peer ID:
-//! it keeps the key, updates the coordinator's address, and updates the quota only when
+//! it keeps the key, replaces the coordinator's addresses, and updates the quota only when
 //! `--quota` is given. Naming a different CM is refused: a node belongs to one collective.
+//!
+//! Coordinators sharing one database share the CM's identity, so a node may be given the
+//! address of each (`--coordinator` repeated, one peer ID): it reaches whichever answers, and
+//! stays in the collective while one of them is down.
 
 use std::path::{Path, PathBuf};
 
 use overlay::cert::Certificate;
 use overlay::identity::verifying_key_of;
-use overlay::net::split_peer;
+use overlay::net::{PeerAddrsError, split_one_peer};
 use overlay::{Identity, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -229,25 +233,39 @@ fn write_file(path: &Path, data: &[u8], private: bool) -> Result<(), NodeError> 
 /// The node's persistent settings (`DIR/node.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
-    /// The coordinator's address, ending in `/p2p/<CM peer ID>`: the pinned root of trust.
-    pub coordinator: Multiaddr,
+    /// The coordinators' addresses, each ending in `/p2p/<CM peer ID>` (one peer ID: the pinned
+    /// root of trust). Files written before several were allowed hold one, as `coordinator`.
+    #[serde(alias = "coordinator", deserialize_with = "overlay::net::one_or_many")]
+    pub coordinators: Vec<Multiaddr>,
     /// Disk space the fragment store may use, in bytes.
     pub quota: u64,
 }
 
 impl NodeConfig {
-    /// The CM's peer ID (its root key) and its address without the `/p2p` suffix.
-    pub fn coordinator_peer(&self) -> Result<(PeerId, Multiaddr), NodeError> {
-        pinned_coordinator(&self.coordinator)
+    /// The CM's peer ID (its root key) and its addresses without the `/p2p` suffix.
+    pub fn coordinator_peer(&self) -> Result<(PeerId, Vec<Multiaddr>), NodeError> {
+        pinned_coordinators(&self.coordinators)
     }
 }
 
-/// Splits a coordinator multiaddr into the pinned CM root and its transport address.
-pub fn pinned_coordinator(addr: &Multiaddr) -> Result<(PeerId, Multiaddr), NodeError> {
-    let (peer, transport) =
-        split_peer(addr).ok_or_else(|| NodeError::CoordinatorWithoutPeer(addr.clone()))?;
-    verifying_key_of(&peer).map_err(|_| NodeError::CoordinatorNotEd25519(peer))?;
-    Ok((peer, transport))
+/// Most coordinator addresses a node keeps.
+pub const MAX_COORDINATORS: usize = 16;
+
+/// Checks that `addrs` name one CM (a pinned Ed25519 peer ID) and splits off the transport
+/// addresses.
+pub fn pinned_coordinators(addrs: &[Multiaddr]) -> Result<(PeerId, Vec<Multiaddr>), NodeError> {
+    if addrs.len() > MAX_COORDINATORS {
+        return Err(NodeError::TooManyCoordinators(addrs.len()));
+    }
+    let (cm, transports) = split_one_peer(addrs).map_err(|e| match e {
+        PeerAddrsError::Empty => NodeError::NoCoordinator,
+        PeerAddrsError::NoPeer(addr) => NodeError::CoordinatorWithoutPeer(addr),
+        PeerAddrsError::TwoPeers { first, other } => {
+            NodeError::CoordinatorsDisagree { first, other }
+        }
+    })?;
+    verifying_key_of(&cm).map_err(|_| NodeError::CoordinatorNotEd25519(cm))?;
+    Ok((cm, transports))
 }
 
 /// What `ccds-node init` was asked to do.
@@ -255,8 +273,8 @@ pub fn pinned_coordinator(addr: &Multiaddr) -> Result<(PeerId, Multiaddr), NodeE
 pub struct InitOptions {
     /// The data directory to create or update.
     pub data_dir: PathBuf,
-    /// The coordinator's multiaddr, ending in `/p2p/<CM peer ID>`.
-    pub coordinator: Multiaddr,
+    /// The coordinators' multiaddrs, each ending in `/p2p/<CM peer ID>` (the same one).
+    pub coordinators: Vec<Multiaddr>,
     /// The fragment quota in bytes; `None` keeps the current one (or [`DEFAULT_QUOTA`]).
     pub quota: Option<u64>,
 }
@@ -265,7 +283,7 @@ pub struct InitOptions {
 /// config pinning the CM. Returns the node's peer ID.
 pub fn init(options: &InitOptions) -> Result<PeerId, NodeError> {
     let dir = DataDir::new(&options.data_dir);
-    let (cm, _) = pinned_coordinator(&options.coordinator)?;
+    let (cm, _) = pinned_coordinators(&options.coordinators)?;
     if options.quota == Some(0) {
         return Err(NodeError::ZeroQuota);
     }
@@ -293,7 +311,7 @@ pub fn init(options: &InitOptions) -> Result<PeerId, NodeError> {
     })?;
     let identity = Identity::load_or_create(&dir.key())?;
     let config = NodeConfig {
-        coordinator: options.coordinator.clone(),
+        coordinators: options.coordinators.clone(),
         quota: options
             .quota
             .or(existing.as_ref().map(|c| c.quota))
@@ -304,7 +322,7 @@ pub fn init(options: &InitOptions) -> Result<PeerId, NodeError> {
     }
     info!(
         node = %identity.peer_id(),
-        coordinator = %config.coordinator,
+        coordinators = ?config.coordinators.iter().map(ToString::to_string).collect::<Vec<_>>(),
         quota = config.quota,
         updated = existing.is_some(),
         "initialised"
@@ -330,7 +348,7 @@ mod tests {
         let cm = Identity::generate();
         let options = InitOptions {
             data_dir: tmp.path().join("node"),
-            coordinator: cm_addr(&cm),
+            coordinators: vec![cm_addr(&cm)],
             quota: None,
         };
         let id = init(&options).unwrap();
@@ -358,7 +376,7 @@ mod tests {
 
         // Another CM is refused and changes nothing.
         let other = InitOptions {
-            coordinator: cm_addr(&Identity::generate()),
+            coordinators: vec![cm_addr(&Identity::generate())],
             ..options
         };
         assert!(matches!(
@@ -376,7 +394,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = init(&InitOptions {
             data_dir: tmp.path().join("n"),
-            coordinator: "/ip4/127.0.0.1/udp/4000/quic-v1".parse().unwrap(),
+            coordinators: vec!["/ip4/127.0.0.1/udp/4000/quic-v1".parse().unwrap()],
             quota: None,
         })
         .unwrap_err();
@@ -385,11 +403,77 @@ mod tests {
         assert!(!tmp.path().join("n").exists());
         let err = init(&InitOptions {
             data_dir: tmp.path().join("n"),
-            coordinator: cm_addr(&Identity::generate()),
+            coordinators: vec![cm_addr(&Identity::generate())],
             quota: Some(0),
         })
         .unwrap_err();
         assert!(matches!(err, NodeError::ZeroQuota));
+    }
+
+    #[test]
+    fn several_coordinators_of_one_cm_are_kept_and_two_cms_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cm = Identity::generate();
+        let second = with_peer(
+            &"/ip4/10.0.0.2/udp/4000/quic-v1".parse().unwrap(),
+            cm.peer_id(),
+        );
+        let options = InitOptions {
+            data_dir: tmp.path().join("node"),
+            coordinators: vec![cm_addr(&cm), second.clone(), cm_addr(&cm)],
+            quota: None,
+        };
+        init(&options).unwrap();
+        let dir = DataDir::new(tmp.path().join("node"));
+        let (_, config) = dir.load().unwrap();
+        let (peer, transports) = config.coordinator_peer().unwrap();
+        assert_eq!(peer, cm.peer_id());
+        // Duplicates are dialled once.
+        assert_eq!(
+            transports,
+            [
+                "/ip4/127.0.0.1/udp/4000/quic-v1"
+                    .parse::<Multiaddr>()
+                    .unwrap(),
+                "/ip4/10.0.0.2/udp/4000/quic-v1".parse().unwrap()
+            ]
+        );
+        let json = std::fs::read_to_string(dir.config()).unwrap();
+        assert!(json.contains("\"coordinators\""), "{json}");
+
+        let err = init(&InitOptions {
+            coordinators: vec![second, cm_addr(&Identity::generate())],
+            ..options.clone()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, NodeError::CoordinatorsDisagree { .. }),
+            "{err}"
+        );
+        let err = init(&InitOptions {
+            coordinators: vec![],
+            ..options
+        })
+        .unwrap_err();
+        assert!(matches!(err, NodeError::NoCoordinator), "{err}");
+        // Nothing changed.
+        assert_eq!(dir.load().unwrap().1, config);
+    }
+
+    #[test]
+    fn a_config_written_with_one_coordinator_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cm = Identity::generate();
+        let dir = DataDir::new(tmp.path());
+        Identity::generate().save(&dir.key()).unwrap();
+        std::fs::write(
+            dir.config(),
+            format!(r#"{{"coordinator": "{}", "quota": 1000}}"#, cm_addr(&cm)),
+        )
+        .unwrap();
+        let (_, config) = dir.load().unwrap();
+        assert_eq!(config.coordinators, [cm_addr(&cm)]);
+        assert_eq!(config.quota, 1000);
     }
 
     #[test]

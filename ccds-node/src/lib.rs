@@ -90,6 +90,17 @@ pub enum NodeError {
     CoordinatorWithoutPeer(Multiaddr),
     #[error("coordinator peer ID {0} is not an Ed25519 key, so it cannot be a CM root key")]
     CoordinatorNotEd25519(PeerId),
+    #[error("no coordinator address given")]
+    NoCoordinator,
+    #[error(
+        "{0} coordinator addresses given; at most {max}",
+        max = crate::datadir::MAX_COORDINATORS
+    )]
+    TooManyCoordinators(usize),
+    #[error(
+        "the coordinator addresses name two CMs, {first} and {other}; coordinators of one collective share one peer ID"
+    )]
+    CoordinatorsDisagree { first: PeerId, other: PeerId },
     #[error(
         "{dir} is already initialised for coordinator {existing}, not {requested}; a node belongs to one collective: use another --data-dir"
     )]

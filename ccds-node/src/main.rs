@@ -30,9 +30,17 @@ enum Command {
         /// The node's data directory (created if needed).
         #[arg(long, env = "CCDS_NODE_DATA_DIR")]
         data_dir: PathBuf,
-        /// The coordinator's address, ending in /p2p/<CM peer ID>.
-        #[arg(long)]
-        coordinator: Multiaddr,
+        /// The coordinator's address, ending in /p2p/<CM peer ID>. Repeat it (or separate
+        /// addresses with commas) for each coordinator of a collective whose coordinators share
+        /// one database (one peer ID): the node reaches whichever answers.
+        #[arg(
+            long = "coordinator",
+            env = "CCDS_NODE_COORDINATOR",
+            value_name = "MULTIADDR",
+            value_delimiter = ',',
+            required = true
+        )]
+        coordinators: Vec<Multiaddr>,
         /// Disk space for fragments, e.g. "10GiB" or "500MB" [default: 10GiB, or the current
         /// quota when re-initialising].
         #[arg(long)]
@@ -221,12 +229,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init {
             data_dir,
-            coordinator,
+            coordinators,
             quota,
         } => {
             let id = ccds_node::init(&InitOptions {
                 data_dir,
-                coordinator,
+                coordinators,
                 quota: quota.map(|q| q.as_u64()),
             })?;
             println!("{id}");

@@ -375,10 +375,10 @@ mod tests {
         let cm = Identity::generate();
         let id = init(&InitOptions {
             data_dir: tmp.join("node"),
-            coordinator: with_peer(
+            coordinators: vec![with_peer(
                 &"/ip4/127.0.0.1/udp/4000/quic-v1".parse().unwrap(),
                 cm.peer_id(),
-            ),
+            )],
             quota: None,
         })
         .unwrap();

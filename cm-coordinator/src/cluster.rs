@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use overlay::manifest::SignedManifest;
 use overlay::time::now_secs;
-use overlay::{ContentId, PeerId};
+use overlay::{ContentId, Multiaddr, PeerId};
 use tracing::{debug, error, info, warn};
 
 use crate::db::PlacementChange;
@@ -101,6 +101,36 @@ impl Cluster {
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
+}
+
+/// Most coordinator addresses a ticket file lists.
+pub const MAX_TICKET_COORDINATORS: usize = 16;
+
+/// The addresses a ticket file lists: `own` first, then every other coordinator heard from
+/// within `timeout`, all with the CM's peer ID, so that the client reaches whichever answers.
+pub async fn ticket_addresses(
+    db: &crate::db::Db,
+    own: &Multiaddr,
+    timeout: Duration,
+) -> Result<Vec<Multiaddr>, crate::db::DbError> {
+    let mut addrs = vec![own.clone()];
+    let Some((cm, _)) = overlay::net::split_peer(own) else {
+        return Ok(addrs);
+    };
+    let alive_since = now_secs().saturating_sub(timeout.as_secs()) as i64;
+    for row in db.coordinators().await? {
+        if addrs.len() >= MAX_TICKET_COORDINATORS {
+            break;
+        }
+        let Ok(addr) = row.addr.parse::<Multiaddr>() else {
+            continue;
+        };
+        let addr = overlay::net::with_peer(&addr, cm);
+        if row.heartbeat_at >= alive_since && !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    Ok(addrs)
 }
 
 /// Registers this process, closes the sessions nobody watches (its own earlier run's, and those

@@ -816,10 +816,16 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         .and_then(|mut f| f.write_all(&line))
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                 }
+                let coordinators = cm_coordinator::cluster::ticket_addresses(
+                    &db,
+                    &coordinator,
+                    cm_coordinator::cluster::ClusterConfig::default().coordinator_timeout,
+                )
+                .await?;
                 overlay::ticket::TicketFile {
                     ticket: sold.ticket,
                     content_key: sold.content_key,
-                    coordinator,
+                    coordinators,
                 }
                 .save(&out)?;
                 return Ok(());

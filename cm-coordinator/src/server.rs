@@ -935,10 +935,16 @@ pub async fn admin(coord: &Coordinator, req: AdminRequest) -> anyhow::Result<ser
             let sold =
                 crate::sales::sign_ticket(&coord.dir, &coord.db, &coord.accounting, order).await?;
             coord.db.add_ticket(&sold.row("issued")).await?;
+            let coordinators = crate::cluster::ticket_addresses(
+                &coord.db,
+                &coord.addr,
+                coord.cluster.config().coordinator_timeout,
+            )
+            .await?;
             let file = TicketFile {
                 ticket: sold.ticket,
                 content_key: sold.content_key,
-                coordinator: coord.addr.clone(),
+                coordinators,
             };
             Ok(serde_json::to_value(file)?)
         }

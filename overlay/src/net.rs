@@ -369,6 +369,53 @@ impl Net {
     }
 }
 
+/// Why a list of addresses of one peer is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerAddrsError {
+    #[error("no address given")]
+    Empty,
+    #[error("address {0} does not end in /p2p/<peer ID>")]
+    NoPeer(Multiaddr),
+    #[error("the addresses name two peers, {first} and {other}; they must all name one")]
+    TwoPeers { first: PeerId, other: PeerId },
+}
+
+/// Splits addresses that must all end in `/p2p/<one peer ID>` (the coordinators of one
+/// collective share its identity) into that peer and its transport addresses, duplicates
+/// dropped, in the order given.
+pub fn split_one_peer(addrs: &[Multiaddr]) -> Result<(PeerId, Vec<Multiaddr>), PeerAddrsError> {
+    let mut peer = None;
+    let mut transports: Vec<Multiaddr> = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let (p, transport) =
+            split_peer(addr).ok_or_else(|| PeerAddrsError::NoPeer(addr.clone()))?;
+        match peer {
+            None => peer = Some(p),
+            Some(first) if first != p => return Err(PeerAddrsError::TwoPeers { first, other: p }),
+            Some(_) => {}
+        }
+        if !transports.contains(&transport) {
+            transports.push(transport);
+        }
+    }
+    Ok((peer.ok_or(PeerAddrsError::Empty)?, transports))
+}
+
+/// Deserializes a list of addresses, or the single address that files written before lists
+/// were allowed hold (`#[serde(deserialize_with = "overlay::net::one_or_many")]`).
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Multiaddr),
+        Many(Vec<Multiaddr>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// Splits `/…/p2p/<id>` into the peer ID and the address without it.
 pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     match addr.iter().last() {
@@ -393,6 +440,25 @@ pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
 mod tests {
     use super::*;
     use futures::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn addresses_of_one_peer_split_into_it_and_its_transports() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let t1: Multiaddr = "/ip4/10.0.0.1/udp/4000/quic-v1".parse().unwrap();
+        let t2: Multiaddr = "/ip4/10.0.0.2/udp/4000/quic-v1".parse().unwrap();
+        let (peer, transports) =
+            split_one_peer(&[with_peer(&t1, a), with_peer(&t2, a), with_peer(&t1, a)]).unwrap();
+        assert_eq!((peer, transports), (a, vec![t1.clone(), t2.clone()]));
+        assert!(matches!(
+            split_one_peer(&[with_peer(&t1, a), with_peer(&t2, b)]),
+            Err(PeerAddrsError::TwoPeers { first, other }) if first == a && other == b
+        ));
+        assert!(matches!(
+            split_one_peer(std::slice::from_ref(&t1)),
+            Err(PeerAddrsError::NoPeer(x)) if x == t1
+        ));
+        assert!(matches!(split_one_peer(&[]), Err(PeerAddrsError::Empty)));
+    }
 
     /// The dialer's order picks the TLS 1.3 suite that seals every QUIC packet; the workspace
     /// patches libp2p-tls to put AES-GCM first (vendor/libp2p-tls/README.md).

@@ -178,7 +178,10 @@ pub struct TicketFile {
     pub ticket: Ticket,
     #[serde(with = "hex_key")]
     pub content_key: [u8; 32],
-    pub coordinator: Multiaddr,
+    /// The coordinators' addresses, each ending in `/p2p/<CM peer ID>` (one collective, one
+    /// ID): the client asks whichever answers. Older files hold one, as `coordinator`.
+    #[serde(alias = "coordinator", deserialize_with = "crate::net::one_or_many")]
+    pub coordinators: Vec<Multiaddr>,
 }
 
 /// Errors reading or writing ticket files.
@@ -391,12 +394,23 @@ mod tests {
         let file = TicketFile {
             ticket: f.ticket.clone(),
             content_key: [9; 32],
-            coordinator: "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap(),
+            coordinators: vec!["/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()],
         };
         file.save(&path).unwrap();
         let back = TicketFile::load(&path).unwrap();
         assert_eq!(back.ticket, f.ticket);
         assert_eq!(back.content_key, [9; 32]);
+        assert_eq!(back.coordinators, file.coordinators);
+        // A file from before several coordinators were listed names one, as `coordinator`.
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let addrs = old.as_object_mut().unwrap().remove("coordinators").unwrap();
+        old["coordinator"] = addrs[0].clone();
+        std::fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(
+            TicketFile::load(&path).unwrap().coordinators,
+            file.coordinators
+        );
         std::fs::write(&path, b"{").unwrap();
         assert!(matches!(
             TicketFile::load(&path),

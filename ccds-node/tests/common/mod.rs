@@ -28,7 +28,10 @@ pub fn node_dir(
     let data_dir = tmp.join("node");
     let id = ccds_node::init(&ccds_node::InitOptions {
         data_dir: data_dir.clone(),
-        coordinator: overlay::net::with_peer(&cm_net.listen_addrs()[0], cm.peer_id()),
+        coordinators: vec![overlay::net::with_peer(
+            &cm_net.listen_addrs()[0],
+            cm.peer_id(),
+        )],
         quota: Some(quota),
     })?;
     Ok((data_dir.clone(), ccds_node::DataDir::new(data_dir), id))
