@@ -10,6 +10,8 @@
 #       [--upload-cap 20mbit --uplink eth0] [--node-port 4001] [--announce MULTIADDR]
 #   systemctl enable --now ccds-node-vm
 #
+# Repeat --coordinator for each coordinator of a collective that runs several (one peer ID).
+#
 # --announce is where clients reach the node: the host's public address and --node-port (the UDP
 # port forwarded to the VM; forward it on your router too). Default: the address of the host's
 # default route, which is right when the host itself is reachable (not behind NAT).
@@ -21,10 +23,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 coordinator="" binary="" image="" ssh_key="" disk=60G quota=50GiB upload_limit=5MiB
 cpus=2 memory=2048 upload_cap="" uplink="" dir=/var/lib/ccds-node-vm node_port=4001 announce=""
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --coordinator) coordinator=$2; shift 2 ;;
+    --coordinator)
+      case "$2" in */p2p/*) ;; *) echo "--coordinator must end in /p2p/<CM peer ID>" >&2; exit 2 ;; esac
+      coordinator=${coordinator:+$coordinator,}$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
     --ssh-key) ssh_key=$2; shift 2 ;;
@@ -44,7 +48,6 @@ done
 if [ -z "$coordinator" ] || [ -z "$binary" ] || [ -z "$image" ] || [ -z "$ssh_key" ]; then
   usage
 fi
-case "$coordinator" in */p2p/*) ;; *) echo "--coordinator must end in /p2p/<CM peer ID>" >&2; exit 2 ;; esac
 [ -x "$binary" ] || { echo "$binary is not an executable" >&2; exit 2; }
 [ -f "$image" ] || { echo "$image: no such image (download debian-12-genericcloud-amd64.qcow2)" >&2; exit 2; }
 if [ -z "$announce" ]; then
