@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::postgres::{Database, block_on};
 use common::{adversary, bin, file_hash, now_secs, run_ok, wait_for};
-use overlay::proto::ControlResponse;
+use overlay::proto::{ClientRequest, ClientResponse, ControlResponse, ProblemKind, ProblemReport};
 use overlay::receipt::Receipt;
 use overlay::report::{NodeReportBody, ServedClaim};
 use sqlx::Connection;
@@ -457,6 +457,39 @@ fn two_coordinators_on_one_postgres_database_serve_one_collective() {
         1,
         "one runs repairs and audits: {leaders:?}"
     );
+
+    // A client tells `b` that one of `a`'s nodes is unreachable: `a`, which watches that node,
+    // probes it, as if the report had come to it.
+    let probes = |cm: &str| -> u64 {
+        let read = |f: &str| std::fs::read_to_string(Path::new(cm).join(f)).unwrap();
+        let (http, token) = (read("http.addr"), read("operator.token"));
+        let (status, _, body) = common::http(
+            http.trim(),
+            "GET",
+            "/api/v1/liveness",
+            Some(token.trim()),
+            None,
+        );
+        assert_eq!(status, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["probes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = probes(a);
+    let answer = adversary::send_client(
+        &b_addr,
+        &overlay::Identity::generate(),
+        &ClientRequest::Problem(ProblemReport {
+            content: content_a.parse().unwrap(),
+            node: ids[1].parse().unwrap(),
+            kind: ProblemKind::Unreachable,
+            detail: "timed out".into(),
+        }),
+    );
+    assert!(matches!(answer, ClientResponse::Ok), "{answer:?}");
+    wait_for("a to probe its node", Duration::from_secs(20), || {
+        probes(a) > before
+    });
 
     // A client of `b` downloads the film that lies on `a`'s nodes only.
     buy_and_download(&p, b, &content_a, &film_a, "client_b");

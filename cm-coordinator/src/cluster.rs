@@ -157,6 +157,7 @@ pub async fn start(coord: &Coordinator, http: &str) -> anyhow::Result<Follower> 
         placements_since: now,
         heard: HashMap::new(),
         was_leader: false,
+        reports_seen: HashMap::new(),
     };
     follower.round(coord).await?;
     Ok(follower)
@@ -222,6 +223,9 @@ pub struct Follower {
     heard: HashMap<PeerId, i64>,
     /// Whether the last round held the lease.
     was_leader: bool,
+    /// Per node reported unreachable to another coordinator within the window: the newest
+    /// report acted on (or passed over: not this coordinator's node).
+    reports_seen: HashMap<PeerId, i64>,
 }
 
 impl Follower {
@@ -251,6 +255,7 @@ impl Follower {
             );
         }
         self.follow_nodes(coord).await?;
+        self.follow_reports(coord, now).await?;
         self.follow_placements(coord, now).await?;
         // Repairs and audits start (or go on) only now that the view is current.
         let was = c.is_leader();
@@ -345,6 +350,28 @@ impl Follower {
             drop(repair);
             coord.repair_wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Acts on clients' reports that one of this coordinator's nodes is unreachable, sent to
+    /// another coordinator: the liveness core probes the node, as for a report received here.
+    async fn follow_reports(&mut self, coord: &Coordinator, now: u64) -> anyhow::Result<()> {
+        let since = now.saturating_sub(coord.cluster.config.timeout_secs());
+        let reported = coord
+            .db
+            .unreachable_elsewhere(&coord.cluster.instance, since)
+            .await?;
+        let mut seen = HashMap::with_capacity(reported.len());
+        for (node, newest) in reported {
+            let before = self.reports_seen.get(&node).copied();
+            if before.is_none_or(|b| b < newest) && coord.registry.is_local(&node) {
+                info!(%node, "a client reported this node unreachable to another coordinator");
+                coord.liveness_event(Event::Unreachable(node));
+            }
+            seen.insert(node, before.map_or(newest, |b| b.max(newest)));
+        }
+        // Nodes without reports in the window are forgotten: the map stays that small.
+        self.reports_seen = seen;
         Ok(())
     }
 

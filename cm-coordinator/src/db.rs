@@ -217,6 +217,8 @@ pub struct ProblemRow {
     pub index: Option<i64>,
     pub detail: String,
     pub at: i64,
+    /// The coordinator instance that received it (`None`: received before schema version 7).
+    pub coordinator: Option<String>,
 }
 
 /// A ticket issued through the coordinator.
@@ -979,8 +981,8 @@ impl Db {
     pub async fn add_problem(&self, p: &ProblemRow) -> Result<(), DbError> {
         on_pool!(self, |pool, sql| {
             sqlx::query(
-            "INSERT INTO problem_reports (reporter, node, content, kind, segment, idx, detail, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO problem_reports (reporter, node, content, kind, segment, idx, detail, at, coordinator)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&p.reporter)
         .bind(&p.node)
@@ -990,6 +992,7 @@ impl Db {
         .bind(p.index)
         .bind(&p.detail)
         .bind(p.at)
+        .bind(&p.coordinator)
         .execute(pool)
         .await?;
             Ok(())
@@ -1000,7 +1003,7 @@ impl Db {
     pub async fn problems(&self) -> Result<Vec<ProblemRow>, DbError> {
         on_pool!(self, |pool, sql| {
             let rows = sqlx::query(
-            "SELECT reporter, node, content, kind, segment, idx, detail, at FROM problem_reports ORDER BY id",
+            "SELECT reporter, node, content, kind, segment, idx, detail, at, coordinator FROM problem_reports ORDER BY id",
         )
         .fetch_all(pool)
         .await?;
@@ -1015,8 +1018,33 @@ impl Db {
                     index: r.get(5),
                     detail: r.get(6),
                     at: r.get(7),
+                    coordinator: r.get(8),
                 })
                 .collect())
+        })
+    }
+
+    /// Nodes that clients reported unreachable to coordinators other than `me` at or after
+    /// `since`, each with the newest such report's id: one row per node however many reports.
+    pub async fn unreachable_elsewhere(
+        &self,
+        me: &str,
+        since: u64,
+    ) -> Result<Vec<(PeerId, i64)>, DbError> {
+        on_pool!(self, |pool, sql| {
+            let rows = sqlx::query(
+                "SELECT node, MAX(id) FROM problem_reports
+                 WHERE kind = 'unreachable' AND at >= $1 AND coordinator IS NOT NULL
+                   AND coordinator <> $2
+                 GROUP BY node",
+            )
+            .bind(since as i64)
+            .bind(me)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| Ok((parse_peer(&r.get::<String, _>(0))?, r.get(1))))
+                .collect()
         })
     }
 

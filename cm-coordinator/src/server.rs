@@ -537,6 +537,7 @@ async fn client(
                     index,
                     detail: p.detail.chars().take(1024).collect(),
                     at: now as i64,
+                    coordinator: Some(coord.cluster.instance.clone()),
                 })
                 .await?;
             ClientResponse::Ok

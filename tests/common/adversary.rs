@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use overlay::net::{Net, split_peer};
-use overlay::proto::{self, ControlRequest, ControlResponse};
+use overlay::proto::{self, ClientRequest, ClientResponse, ControlRequest, ControlResponse};
 use overlay::receipt::{Receipt, ReceiptBody};
 use overlay::report::{NodeReport, NodeReportBody};
 use overlay::{Identity, Multiaddr, PeerId, Signed};
@@ -27,6 +27,21 @@ pub fn send_report(cm_addr: &str, node: &Identity, body: NodeReportBody) -> Cont
 
 /// Sends a control request as `who`.
 pub fn send(cm_addr: &str, who: &Identity, request: &ControlRequest) -> ControlResponse {
+    exchange(cm_addr, who, proto::CONTROL, request)
+}
+
+/// Sends a client request as `who`.
+pub fn send_client(cm_addr: &str, who: &Identity, request: &ClientRequest) -> ClientResponse {
+    exchange(cm_addr, who, proto::CLIENT, request)
+}
+
+/// One request and its answer on a fresh stream of `protocol` to the coordinator at `cm_addr`.
+fn exchange<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    cm_addr: &str,
+    who: &Identity,
+    protocol: libp2p::StreamProtocol,
+    request: &Req,
+) -> Resp {
     overlay::net::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -40,11 +55,11 @@ pub fn send(cm_addr: &str, who: &Identity, request: &ControlRequest) -> ControlR
         let (cm, bare) = split_peer(&addr).expect("coordinator address with /p2p");
         net.add_addresses(cm, vec![bare]);
         let mut stream = net
-            .open_with(cm, proto::CONTROL, 3, Duration::from_secs(5))
+            .open_with(cm, protocol, 3, Duration::from_secs(5))
             .await
-            .expect("a control stream to the coordinator");
+            .expect("a stream to the coordinator");
         proto::write_msg(&mut stream, request).await.unwrap();
-        proto::read_msg::<_, ControlResponse>(&mut stream, proto::MAX_SMALL_MSG)
+        proto::read_msg::<_, Resp>(&mut stream, proto::MAX_SMALL_MSG)
             .await
             .expect("the coordinator's answer")
     })

@@ -312,6 +312,46 @@ mod tests {
     }}
 
     crate::db::testing::both_engines! {
+    async fn unreachable_reports_received_elsewhere_are_listed_once_per_node(db) {
+        let (x, y) = (Identity::generate().peer_id(), Identity::generate().peer_id());
+        let report = |node: PeerId, kind: &str, at: i64, coordinator: Option<&str>| {
+            crate::db::ProblemRow {
+                reporter: "client".into(),
+                node: node.to_string(),
+                content: "c".into(),
+                kind: kind.into(),
+                segment: None,
+                index: None,
+                detail: String::new(),
+                at,
+                coordinator: coordinator.map(Into::into),
+            }
+        };
+        for r in [
+            report(x, "unreachable", 100, Some("other")),
+            report(x, "unreachable", 101, Some("other")), // the newest of x's
+            report(y, "unreachable", 100, Some("me")),    // received here: acted on already
+            report(y, "corrupt", 100, Some("other")),     // not about reachability
+            report(y, "unreachable", 100, None),          // from before version 7
+            report(y, "unreachable", 80, Some("other")),  // before the window
+        ] {
+            db.add_problem(&r).await.unwrap();
+        }
+        let listed = db.unreachable_elsewhere("me", 90).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].0, x);
+        // Its id is that of the newer of x's two: the one the window from 101 still holds.
+        let again = db.unreachable_elsewhere("me", 101).await.unwrap();
+        assert_eq!(again, listed);
+        let problems = db.problems().await.unwrap();
+        assert_eq!(problems.len(), 6);
+        assert_eq!(problems[2].coordinator.as_deref(), Some("me"));
+        // Seen from the other coordinator: only y's report received by "me".
+        let theirs = db.unreachable_elsewhere("other", 0).await.unwrap();
+        assert_eq!(theirs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [y]);
+    }}
+
+    crate::db::testing::both_engines! {
     async fn a_second_process_of_one_instance_is_detected(db) {
         db.coordinator_started("i1", "run1", "/ip4/1", "h1", 10).await.unwrap();
         assert!(db.coordinator_beat("i1", "run1", 11).await.unwrap());

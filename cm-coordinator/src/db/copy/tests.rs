@@ -311,6 +311,7 @@ async fn fill(db: &Db) -> (World, Vec<PeerId>, ContentId) {
             index: None,
             detail: format!("problem {i}"),
             at: (T0 + 80) as i64,
+            coordinator: Some("a".into()),
         })
         .await
         .unwrap();
@@ -501,6 +502,7 @@ async fn a_sqlite_database_copied_to_postgres_reads_back_the_same_and_goes_on_th
             index: None,
             detail: String::new(),
             at: (T0 + 99) as i64,
+            coordinator: None,
         })
         .await
         .unwrap();
