@@ -58,6 +58,10 @@ for tool in python3 cmp; do
 done
 
 WORK=$(mktemp -d -t ccds-demo.XXXXXX)
+# The demo's collective is its own: settings meant for the user's real coordinator, nodes or
+# client (CCDS_* variables, ~/.config/ccds/client.toml) stay out of it.
+while read -r var; do unset "$var"; done < <(compgen -e | grep '^CCDS_' || true)
+export XDG_CONFIG_HOME=$WORK/config
 PIDS=()
 NODE_PIDS=()
 cleanup() {

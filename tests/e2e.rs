@@ -407,6 +407,12 @@ fn the_readme_demo_publishes_and_delivers_a_verified_file() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
         .args(["--bin-dir", bins.to_str().unwrap()])
         .args(["--size", "5MiB", "--segment-size", "1MiB"])
+        // Settings for the user's own collective do not leak into the demo's.
+        .env(
+            "CCDS_DATABASE_URL",
+            "postgres://ccds:ccds@127.0.0.1:1/elsewhere",
+        )
+        .env("CCDS_CLIENT_KEY", "/nonexistent/client.key")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
